@@ -1,0 +1,376 @@
+"""The Model contract every downstream component talks to, the parsed tree ensemble, and `wrap()`.
+
+A Model answers `predict_proba`/`predict` on numpy arrays and may expose two capabilities:
+`torch_logits(x)` (differentiable outputs, for gradient attacks and Jacobian metrics) and
+`tree_ensemble()` (a library-independent parse of a tree ensemble, for exact attacks).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Literal, Sequence
+
+import numpy as np
+
+from ..errors import DataError, ModelError
+
+CAPABILITIES = ("predict_proba", "torch_logits", "tree_ensemble")
+
+
+def check_features(X: Any, n_features: int, who: str = "model") -> np.ndarray:
+    """Return X as a 2-D float64 array, or raise ModelError naming the width/finite problem."""
+    try:
+        X = np.asarray(X, dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise ModelError(f"{who}: X must be numeric, got {type(X).__name__} ({exc}); convert it to a float array") from None
+    if X.ndim == 1:
+        X = X.reshape(1, -1)
+    if X.ndim != 2:
+        raise ModelError(f"{who}: X must be 2-D (n_samples, n_features), got shape {X.shape}")
+    if X.shape[1] != n_features:
+        raise ModelError(
+            f"{who}: expects {n_features} features but X has {X.shape[1]}; pass data with the same columns the model was fitted on"
+        )
+    if not np.all(np.isfinite(X)):
+        raise ModelError(f"{who}: X contains NaN or inf; impute or drop those rows first")
+    return X
+
+
+def check_labels(y: Any, n_samples: int, who: str = "fit") -> tuple[np.ndarray, int]:
+    """Validate integer class labels 0..K-1; return (y as int64, K). Raises DataError."""
+    y = np.asarray(y)
+    if y.ndim != 1 or y.shape[0] != n_samples:
+        raise DataError(f"{who}: y must be 1-D with {n_samples} labels, got shape {y.shape}")
+    if y.size == 0:
+        raise DataError(f"{who}: no training rows; pass at least one row per class")
+    if not np.issubdtype(y.dtype, np.integer):
+        if np.issubdtype(y.dtype, np.floating) and np.all(np.isfinite(y)) and np.all(y == np.round(y)):
+            y = y.astype(np.int64)
+        else:
+            raise DataError(f"{who}: labels must be integers 0..K-1; encode them first (load_dataset does this)")
+    y = y.astype(np.int64)
+    if y.min() < 0:
+        raise DataError(f"{who}: labels must be integers 0..K-1, found {int(y.min())}")
+    k = int(y.max()) + 1
+    if np.unique(y).size < 2:
+        raise DataError(f"{who}: only one class present in y; a classifier needs at least two")
+    if n_samples < k:
+        raise DataError(f"{who}: {n_samples} rows for {k} classes; need at least one row per class")
+    return y, k
+
+
+class Model:
+    """Base class of the contract. Subclasses implement `predict_proba`; the rest is derived.
+
+    Optional capabilities are methods a subclass may define:
+    - `torch_logits(x: torch.Tensor) -> torch.Tensor` (differentiable, shape (n, n_classes));
+    - `tree_ensemble() -> TreeEnsemble`.
+    """
+
+    name: str = "model"
+
+    # --- required -----------------------------------------------------------------
+    @property
+    def n_features(self) -> int:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    @property
+    def n_classes(self) -> int:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    def predict_proba(self, X: np.ndarray) -> np.ndarray:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    def predict(self, X: np.ndarray) -> np.ndarray:
+        """Class index with the highest probability (ties to the lowest index, as numpy/sklearn)."""
+        return np.argmax(self.predict_proba(X), axis=1)
+
+    # --- capabilities ---------------------------------------------------------------
+    @property
+    def capabilities(self) -> frozenset[str]:
+        caps = {"predict_proba"}
+        for cap in ("torch_logits", "tree_ensemble"):
+            if callable(getattr(self, cap, None)):
+                caps.add(cap)
+        return frozenset(caps)
+
+    def has(self, capability: str) -> bool:
+        return capability in self.capabilities
+
+    def _check_X(self, X: Any) -> np.ndarray:
+        return check_features(X, self.n_features, who=self.name)
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.name!r} d={self.n_features} c={self.n_classes}>"
+
+
+# ----------------------------------------------------------------------------------------
+# Parsed tree ensembles
+# ----------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Tree:
+    """One decision tree in array form. Node 0 is the root.
+
+    feature[i] = -1 and left/right[i] = -1 mark a leaf. threshold is float32 and exact for the
+    ensemble's comparison rule (see TreeEnsemble.strict). value[i] is the leaf's output vector
+    (length n_outputs, already scaled by any learning rate); zeros at internal nodes.
+    """
+
+    feature: np.ndarray  # int64 (n_nodes,)
+    threshold: np.ndarray  # float32 (n_nodes,)
+    left: np.ndarray  # int64 (n_nodes,)
+    right: np.ndarray  # int64 (n_nodes,)
+    value: np.ndarray  # float64 (n_nodes, n_outputs)
+
+    @property
+    def n_nodes(self) -> int:
+        return int(self.feature.shape[0])
+
+    @property
+    def is_leaf(self) -> np.ndarray:
+        return self.left < 0
+
+    def leaf_index(self, X32: np.ndarray, strict: bool) -> np.ndarray:
+        """Node index of the leaf each row of float32 X reaches (vectorised over rows)."""
+        node = np.zeros(X32.shape[0], dtype=np.int64)
+        rows = np.arange(X32.shape[0])
+        active = self.left[node] >= 0
+        while active.any():
+            n = node[active]
+            xv = X32[rows[active], self.feature[n]]
+            thr = self.threshold[n]
+            go_left = (xv < thr) if strict else (xv <= thr)
+            node[active] = np.where(go_left, self.left[n], self.right[n])
+            active = self.left[node] >= 0
+        return node
+
+
+@dataclass(frozen=True)
+class TreeEnsemble:
+    """A library-independent tree ensemble.
+
+    raw(x) = bias + agg_t value_t(leaf_t(x)) with agg = sum ("sum", boosting) or mean ("mean", forests).
+    Comparisons are done on float32(x): left iff x < thr when `strict` (XGBoost) else x <= thr (scikit-learn).
+    Decision: with n_outputs == 1, class 1 iff raw > 0 (binary margin); otherwise argmax(raw),
+    ties to the lowest class index. `link` maps raw to probabilities: "logistic" (binary margin),
+    "softmax" (multiclass margins) or "identity" (forests: raw already holds class probabilities).
+    """
+
+    trees: tuple[Tree, ...]
+    n_features: int
+    n_classes: int
+    n_outputs: int
+    strict: bool
+    bias: np.ndarray
+    combine: Literal["sum", "mean"] = "sum"
+    link: Literal["logistic", "softmax", "identity"] = "softmax"
+    source: str = ""
+    meta: dict = field(default_factory=dict)
+
+    def leaves(self, X: np.ndarray) -> np.ndarray:
+        X32 = np.asarray(X, dtype=np.float32)
+        return np.stack([t.leaf_index(X32, self.strict) for t in self.trees], axis=1)
+
+    def raw(self, X: np.ndarray) -> np.ndarray:
+        X32 = np.asarray(X, dtype=np.float32)
+        if X32.ndim == 1:
+            X32 = X32[None, :]
+        acc = np.zeros((X32.shape[0], self.n_outputs), dtype=np.float64)
+        for t in self.trees:
+            acc += t.value[t.leaf_index(X32, self.strict)]
+        if self.combine == "mean":
+            acc /= len(self.trees)
+        return acc + np.asarray(self.bias, dtype=np.float64)
+
+    def predict_proba(self, X: np.ndarray) -> np.ndarray:
+        r = self.raw(X)
+        if self.link == "logistic":
+            p1 = 1.0 / (1.0 + np.exp(-r[:, 0]))
+            return np.stack([1.0 - p1, p1], axis=1)
+        if self.link == "softmax":
+            z = r - r.max(axis=1, keepdims=True)
+            e = np.exp(z)
+            return e / e.sum(axis=1, keepdims=True)
+        return r
+
+    def predict(self, X: np.ndarray) -> np.ndarray:
+        r = self.raw(X)
+        if self.n_outputs == 1:
+            return (r[:, 0] > 0).astype(np.int64)
+        return np.argmax(r, axis=1)
+
+    @property
+    def n_leaves(self) -> int:
+        return int(sum(int(t.is_leaf.sum()) for t in self.trees))
+
+    def validate(self) -> "TreeEnsemble":
+        """Check structural sanity (indices in range, no cycles, finite thresholds); raise ModelError."""
+        for ti, t in enumerate(self.trees):
+            n = t.n_nodes
+            if n == 0:
+                raise ModelError(f"tree {ti} has no nodes; the model file is malformed")
+            internal = t.left >= 0
+            if np.any((t.right >= 0) != internal):
+                raise ModelError(f"tree {ti}: a node has exactly one child; the model file is malformed")
+            ch = np.concatenate([t.left[internal], t.right[internal]])
+            if ch.size and (ch.min() < 1 or ch.max() >= n):
+                raise ModelError(f"tree {ti}: child index out of range [1, {n}); the model file is malformed")
+            if ch.size != np.unique(ch).size:
+                raise ModelError(f"tree {ti}: a node has two parents (cycle or shared subtree); the model file is malformed")
+            if np.any(~np.isfinite(t.threshold[internal])):
+                raise ModelError(f"tree {ti}: NaN/inf split threshold; the model file is malformed")
+            f = t.feature[internal]
+            if f.size and (f.min() < 0 or f.max() >= self.n_features):
+                raise ModelError(f"tree {ti}: split feature out of range [0, {self.n_features}); the model file is malformed")
+            # reachability from the root without revisits (ch unique + count == n-1 and all reached)
+            seen = np.zeros(n, dtype=bool)
+            stack = [0]
+            while stack:
+                i = stack.pop()
+                if seen[i]:
+                    raise ModelError(f"tree {ti}: cycle through node {i}; the model file is malformed")
+                seen[i] = True
+                if t.left[i] >= 0:
+                    stack.extend((int(t.left[i]), int(t.right[i])))
+            if not np.all(np.isfinite(t.value[t.is_leaf & seen])):
+                raise ModelError(f"tree {ti}: NaN/inf leaf value; the model file is malformed")
+        return self
+
+
+# ----------------------------------------------------------------------------------------
+# Generic wrappers
+# ----------------------------------------------------------------------------------------
+class TorchModel(Model):
+    """A torch `nn.Module` mapping (n, d) inputs to (n, c) logits."""
+
+    def __init__(self, module: Any, n_features: int, n_classes: int | None = None, name: str = "torch-model", dtype: Any = None):
+        import torch
+
+        self.module = module.eval()
+        self._d = int(n_features)
+        if dtype is None:
+            params = list(module.parameters())
+            dtype = params[0].dtype if params else torch.float32
+        self.torch_dtype = dtype
+        self.name = name
+        if n_classes is None:
+            with torch.no_grad():
+                out = self.module(torch.zeros(1, self._d, dtype=dtype))
+            if out.ndim != 2:
+                raise ModelError(f"{name}: module must return (n, n_classes) logits, got shape {tuple(out.shape)}")
+            n_classes = int(out.shape[1])
+        if n_classes < 2:
+            raise ModelError(f"{name}: module returns {n_classes} output; wrap a module with one logit per class (>= 2)")
+        self._c = int(n_classes)
+
+    @property
+    def n_features(self) -> int:
+        return self._d
+
+    @property
+    def n_classes(self) -> int:
+        return self._c
+
+    def torch_logits(self, x: Any) -> Any:
+        return self.module(x.to(self.torch_dtype))
+
+    def predict_logits(self, X: np.ndarray) -> np.ndarray:
+        import torch
+
+        X = self._check_X(X)
+        with torch.no_grad():
+            out = self.torch_logits(torch.as_tensor(X, dtype=self.torch_dtype))
+        return out.double().numpy()
+
+    def predict_proba(self, X: np.ndarray) -> np.ndarray:
+        z = self.predict_logits(X)
+        z = z - z.max(axis=1, keepdims=True)
+        e = np.exp(z)
+        return e / e.sum(axis=1, keepdims=True)
+
+    def predict(self, X: np.ndarray) -> np.ndarray:
+        return np.argmax(self.predict_logits(X), axis=1)
+
+
+class ProbaModel(Model):
+    """Any `predict_proba`-style callable (black box): only the `predict_proba` capability."""
+
+    def __init__(self, fn: Callable[[np.ndarray], np.ndarray], n_features: int, n_classes: int | None = None, name: str = "black-box"):
+        self._fn = fn
+        self._d = int(n_features)
+        self.name = name
+        if n_classes is None:
+            p = np.asarray(fn(np.zeros((1, self._d))))
+            if p.ndim != 2 or p.shape[1] < 2:
+                raise ModelError(f"{name}: callable must return (n, n_classes>=2) probabilities, got shape {p.shape}")
+            n_classes = p.shape[1]
+        self._c = int(n_classes)
+
+    @property
+    def n_features(self) -> int:
+        return self._d
+
+    @property
+    def n_classes(self) -> int:
+        return self._c
+
+    def predict_proba(self, X: np.ndarray) -> np.ndarray:
+        X = self._check_X(X)
+        p = np.asarray(self._fn(X), dtype=np.float64)
+        if p.shape != (X.shape[0], self._c):
+            raise ModelError(f"{self.name}: predict_proba returned shape {p.shape}, expected {(X.shape[0], self._c)}")
+        return p
+
+
+def _infer_in_features(module: Any) -> int | None:
+    import torch.nn as nn
+
+    for m in module.modules():
+        if isinstance(m, nn.Linear):
+            return int(m.in_features)
+    return None
+
+
+def wrap(obj: Any, *, n_features: int | None = None, n_classes: int | None = None, name: str | None = None) -> Model:
+    """Turn a torch module, sklearn classifier, XGBoost model or predict_proba callable into a Model.
+
+    This is how a new model joins the suite: tree ensembles get the exact-attack capability,
+    torch modules the gradient capability, everything else is attacked as a black box.
+    """
+    if isinstance(obj, Model):
+        return obj
+    mod = type(obj).__module__ or ""
+    try:
+        import torch.nn as nn
+
+        is_torch = isinstance(obj, nn.Module)
+    except ImportError:  # pragma: no cover
+        is_torch = False
+    if is_torch:
+        d = n_features or _infer_in_features(obj)
+        if d is None:
+            raise ModelError("wrap: cannot infer the input width of this torch module; pass n_features=")
+        return TorchModel(obj, d, n_classes, name=name or type(obj).__name__)
+    if mod.startswith("xgboost"):
+        from .trees import wrap_xgboost
+
+        return wrap_xgboost(obj, name=name)
+    if mod.startswith("sklearn") or hasattr(obj, "predict_proba"):
+        from .trees import wrap_sklearn
+
+        return wrap_sklearn(obj, name=name, n_features=n_features)
+    if callable(obj):
+        if n_features is None:
+            raise ModelError("wrap: a predict_proba callable needs n_features=; pass the input width")
+        return ProbaModel(obj, n_features, n_classes, name=name or getattr(obj, "__name__", "black-box"))
+    raise ModelError(
+        f"wrap: cannot wrap a {type(obj).__name__}; pass a torch nn.Module, an sklearn classifier, "
+        "an XGBClassifier/Booster or a predict_proba callable"
+    )
+
+
+def as_model(obj: Any) -> Model:
+    """Like wrap() for objects that are already usable; used by public entry points."""
+    return wrap(obj)
+
+
+__all__: Sequence[str] = ["Model", "Tree", "TreeEnsemble", "TorchModel", "ProbaModel", "wrap", "check_features", "check_labels"]
