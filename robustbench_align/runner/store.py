@@ -1,0 +1,224 @@
+"""The SQLite result store: one row per run, one row per (run, point), versioned schema, WAL mode.
+
+Only the driver process writes. A run and all its point rows go in one transaction, so a process
+killed at any moment leaves either the whole run or nothing. Finished runs are never recomputed.
+A lock file stops two drivers from writing the same store at once.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import sqlite3
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+import pandas as pd
+
+from ..errors import StoreError
+
+SCHEMA_VERSION = 1
+
+RUN_COLUMNS = [
+    "run_id", "model", "family", "dataset", "threat", "norm", "seed", "status", "error", "config", "versions",
+    "fit_time", "eval_time", "clean_accuracy", "n_points", "attacks", "flags", "rejected", "fit_cached", "created",
+]
+POINT_METRICS = [
+    "normal_alignment", "centroid_alignment", "centroid_norm", "effective_rank", "effective_rank_normalized",
+    "pc1_explained_variance", "offset_norm", "jacobian_norm", "x_norm", "r_lin",
+]
+POINT_COLUMNS = ["run_id", "idx", "test_index", "y", "pred", "correct", "radius", "lower_bound", "by_attack", "robust_at", *POINT_METRICS]
+
+_SCHEMA = f"""
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS runs (
+  run_id TEXT PRIMARY KEY, model TEXT NOT NULL, family TEXT, dataset TEXT NOT NULL, threat TEXT NOT NULL,
+  norm TEXT, seed INTEGER NOT NULL, status TEXT NOT NULL, error TEXT, config TEXT NOT NULL, versions TEXT,
+  fit_time REAL, eval_time REAL, clean_accuracy REAL, n_points INTEGER, attacks TEXT, flags TEXT,
+  rejected INTEGER, fit_cached INTEGER, created REAL
+);
+CREATE TABLE IF NOT EXISTS points (
+  run_id TEXT NOT NULL REFERENCES runs(run_id) ON DELETE CASCADE, idx INTEGER NOT NULL, test_index INTEGER,
+  y INTEGER, pred INTEGER, correct INTEGER, radius REAL, lower_bound REAL, by_attack TEXT, robust_at TEXT,
+  {", ".join(f"{m} REAL" for m in POINT_METRICS)},
+  PRIMARY KEY (run_id, idx)
+);
+CREATE INDEX IF NOT EXISTS runs_by_cell ON runs (dataset, threat, model);
+"""
+
+
+@dataclass
+class RunRecord:
+    """A finished run and its per-point rows, as produced by a job (plain data: picklable, JSON-able)."""
+
+    run: dict[str, Any]
+    points: list[dict[str, Any]]
+
+
+def _clean(v: Any) -> Any:
+    """SQLite-friendly scalar: numpy scalars to Python, NaN to NULL (inf is kept: SQLite stores it)."""
+    if v is None:
+        return None
+    if hasattr(v, "item") and not isinstance(v, (str, bytes)):
+        v = v.item()
+    if isinstance(v, float) and math.isnan(v):
+        return None
+    if isinstance(v, (dict, list, tuple)):
+        return json.dumps(v, sort_keys=True, default=str)
+    return v
+
+
+class Store:
+    """A results database at `path` (created on first use)."""
+
+    def __init__(self, path: str | os.PathLike, *, readonly: bool = False):
+        self.path = Path(path)
+        self.readonly = readonly
+        if readonly and not self.path.exists():
+            raise StoreError(f"no store at {str(self.path)!r}; run `rba run` first or pass --store")
+        if self.path.exists():
+            self._check_header()
+        else:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            uri = f"file:{self.path}?mode=ro" if readonly else str(self.path)
+            self.conn = sqlite3.connect(uri, uri=readonly, timeout=30, isolation_level=None)
+            self.conn.execute("PRAGMA foreign_keys=ON")
+            if not readonly:
+                self.conn.execute("PRAGMA journal_mode=WAL")
+                self.conn.execute("PRAGMA synchronous=NORMAL")
+            self._init_schema()
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(f"{str(self.path)!r} is not a usable result store ({exc}); point --store at another file or delete it") from None
+
+    def _check_header(self) -> None:
+        size = self.path.stat().st_size
+        if size == 0:
+            return
+        with self.path.open("rb") as fh:
+            head = fh.read(100)
+        if not head.startswith(b"SQLite format 3\x00"):
+            raise StoreError(f"{str(self.path)!r} is not a result store (not an SQLite file); point --store at another file")
+        page_size = int.from_bytes(head[16:18], "big")
+        page_size = 65536 if page_size == 1 else page_size
+        n_pages = int.from_bytes(head[28:32], "big")
+        if page_size and n_pages and size < page_size * n_pages and not Path(str(self.path) + "-wal").exists():
+            raise StoreError(f"{str(self.path)!r} is truncated ({size} bytes, header says {page_size * n_pages}); restore it or delete it and re-run")
+
+    def _init_schema(self) -> None:
+        cur = self.conn.cursor()
+        has_meta = cur.execute("SELECT name FROM sqlite_master WHERE type='table' AND name='meta'").fetchone()
+        if has_meta:
+            row = cur.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+            version = int(row[0]) if row else None
+            if version is None:
+                raise StoreError(f"{str(self.path)!r} has no schema version; it is not a result store")
+            if version > SCHEMA_VERSION:
+                raise StoreError(
+                    f"{str(self.path)!r} has schema version {version}, newer than this version's {SCHEMA_VERSION}; upgrade robustbench-align"
+                )
+            ok = cur.execute("PRAGMA quick_check").fetchone()
+            if not ok or ok[0] != "ok":
+                raise StoreError(f"{str(self.path)!r} is corrupted ({ok[0] if ok else 'no answer'}); restore it or delete it and re-run")
+            return
+        tables = cur.execute("SELECT name FROM sqlite_master WHERE type='table'").fetchall()
+        if tables:
+            raise StoreError(f"{str(self.path)!r} is an SQLite file but not a result store (tables: {', '.join(t[0] for t in tables)[:80]})")
+        if self.readonly:
+            raise StoreError(f"{str(self.path)!r} is empty; run `rba run` first")
+        cur.executescript("BEGIN;" + _SCHEMA + f"INSERT INTO meta VALUES ('schema_version', '{SCHEMA_VERSION}'); COMMIT;")
+
+    # --- writing ---------------------------------------------------------------------
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Cursor]:
+        cur = self.conn.cursor()
+        cur.execute("BEGIN IMMEDIATE")
+        try:
+            yield cur
+        except BaseException:
+            cur.execute("ROLLBACK")
+            raise
+        cur.execute("COMMIT")
+
+    def write(self, records: Iterable[RunRecord]) -> int:
+        """Insert runs with their points, each run atomically; an existing run_id is replaced."""
+        n = 0
+        for rec in records:
+            run = {k: _clean(rec.run.get(k)) for k in RUN_COLUMNS}
+            run["created"] = run["created"] or time.time()
+            with self._tx() as cur:
+                cur.execute("DELETE FROM runs WHERE run_id=?", (run["run_id"],))
+                cur.execute(f"INSERT INTO runs ({', '.join(RUN_COLUMNS)}) VALUES ({', '.join('?' * len(RUN_COLUMNS))})", [run[k] for k in RUN_COLUMNS])
+                rows = [[_clean(p.get(k)) if k != "run_id" else run["run_id"] for k in POINT_COLUMNS] for p in rec.points]
+                if rows:
+                    cur.executemany(f"INSERT INTO points ({', '.join(POINT_COLUMNS)}) VALUES ({', '.join('?' * len(POINT_COLUMNS))})", rows)
+            n += 1
+        return n
+
+    # --- reading ---------------------------------------------------------------------
+    def finished(self, include_failed: bool = True) -> set[str]:
+        q = "SELECT run_id FROM runs" + ("" if include_failed else " WHERE status='ok'")
+        return {r[0] for r in self.conn.execute(q)}
+
+    def runs(self) -> pd.DataFrame:
+        df = pd.read_sql_query("SELECT * FROM runs ORDER BY dataset, threat, model, seed", self.conn)
+        for col in ("config", "versions", "attacks", "flags"):
+            df[col] = df[col].map(lambda s: json.loads(s) if isinstance(s, str) and s else None)
+        return df
+
+    def points(self, run_ids: Iterable[str] | None = None) -> pd.DataFrame:
+        q = "SELECT p.*, r.model, r.family, r.dataset, r.threat, r.norm, r.seed FROM points p JOIN runs r USING (run_id)"
+        params: list[Any] = []
+        if run_ids is not None:
+            ids = list(run_ids)
+            q += f" WHERE p.run_id IN ({', '.join('?' * len(ids))})"
+            params = ids
+        df = pd.read_sql_query(q + " ORDER BY r.dataset, r.threat, r.model, r.seed, p.idx", self.conn, params=params)
+        df["robust_at"] = df["robust_at"].map(lambda s: json.loads(s) if isinstance(s, str) and s else None)
+        return df
+
+    def dump(self) -> dict[str, list[dict[str, Any]]]:
+        """Everything but timings and creation stamps, for equality checks between runs."""
+        runs = self.runs().drop(columns=["fit_time", "eval_time", "created", "fit_cached"]).to_dict("records")
+        pts = self.points().to_dict("records")
+        return {"runs": runs, "points": pts}
+
+    def close(self) -> None:
+        self.conn.close()
+
+    def __enter__(self) -> "Store":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+@contextmanager
+def exclusive(path: str | os.PathLike, wait: bool = False) -> Iterator[None]:
+    """Hold an exclusive lock on `path` + '.lock' while a driver writes; refuse (or wait) if taken."""
+    import fcntl
+
+    lock_path = Path(str(path) + ".lock")
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    fh = lock_path.open("a+")
+    try:
+        flags = fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB)
+        try:
+            fcntl.flock(fh, flags)
+        except BlockingIOError:
+            fh.seek(0)
+            owner = fh.read().strip() or "another process"
+            raise StoreError(f"store {str(path)!r} is in use by {owner}; wait for it to finish or pass --wait") from None
+        fh.seek(0)
+        fh.truncate()
+        fh.write(f"pid {os.getpid()}")
+        fh.flush()
+        yield
+    finally:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+        finally:
+            fh.close()
