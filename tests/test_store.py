@@ -1,0 +1,109 @@
+"""The SQLite store: atomic runs, schema versioning, refusal of foreign/truncated/newer files, locking."""
+import math
+import sqlite3
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from robustbench_align.errors import StoreError
+from robustbench_align.runner.store import RunRecord, Store, exclusive
+
+
+def _record(run_id="r1", n=3, status="ok"):
+    return RunRecord(
+        run={"run_id": run_id, "model": "m", "family": "f", "dataset": "d", "threat": "linf", "norm": "linf", "seed": 0,
+             "status": status, "config": {"a": 1}, "attacks": ["milp"], "flags": {}, "fit_time": 1.0, "eval_time": 2.0,
+             "clean_accuracy": 0.5, "n_points": n, "rejected": 0},
+        points=[{"idx": i, "y": 1, "pred": i % 2, "correct": int(i % 2 == 1), "radius": [0.0, 0.5, math.inf][i % 3],
+                 "lower_bound": float("nan"), "robust_at": {"0.1": 1}, "normal_alignment": 0.3} for i in range(n)],
+    )
+
+
+def test_write_and_read_round_trip(tmp_path):
+    p = tmp_path / "s.sqlite"
+    with Store(p) as st:
+        assert st.write([_record("a"), _record("b", n=5)]) == 2
+        assert st.finished() == {"a", "b"}
+        runs = st.runs()
+        assert list(runs["run_id"]) == ["a", "b"] and runs.loc[0, "config"] == {"a": 1}
+        pts = st.points(["b"])
+        assert len(pts) == 5
+        assert math.isinf(pts["radius"].iloc[2])  # inf survives, NaN becomes NULL
+        assert pts["lower_bound"].isna().all()
+        assert pts["robust_at"].iloc[0] == {"0.1": 1}
+        assert st.conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_rewrite_replaces_not_duplicates(tmp_path):
+    p = tmp_path / "s.sqlite"
+    with Store(p) as st:
+        st.write([_record("a", n=3)])
+        st.write([_record("a", n=4)])
+        assert len(st.points()) == 4 and len(st.runs()) == 1
+
+
+def test_failed_write_leaves_nothing(tmp_path):
+    p = tmp_path / "s.sqlite"
+    bad = _record("a")
+    bad.points.append({"idx": 0})  # duplicate primary key -> the whole run must roll back
+    with Store(p) as st:
+        with pytest.raises(sqlite3.IntegrityError):
+            st.write([bad])
+        assert st.finished() == set() and len(st.points()) == 0
+
+
+def test_refuses_foreign_files(tmp_path):
+    txt = tmp_path / "notes.sqlite"
+    txt.write_text("hello")
+    with pytest.raises(StoreError, match="not a result store"):
+        Store(txt)
+    other = tmp_path / "other.sqlite"
+    con = sqlite3.connect(other)
+    con.execute("CREATE TABLE t (x)")
+    con.commit()
+    con.close()
+    with pytest.raises(StoreError, match="not a result store"):
+        Store(other)
+
+
+def test_refuses_newer_schema(tmp_path):
+    p = tmp_path / "s.sqlite"
+    Store(p).close()
+    con = sqlite3.connect(p)
+    con.execute("UPDATE meta SET value='99' WHERE key='schema_version'")
+    con.commit()
+    con.close()
+    with pytest.raises(StoreError, match="newer"):
+        Store(p)
+
+
+def test_detects_truncated_file(tmp_path):
+    p = tmp_path / "s.sqlite"
+    with Store(p) as st:
+        st.write([_record(f"r{i}", n=200) for i in range(5)])
+        st.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    data = p.read_bytes()
+    p.write_bytes(data[: len(data) // 2])
+    with pytest.raises(StoreError):
+        st2 = Store(p)
+        st2.points()
+
+
+def test_lock_refuses_second_driver(tmp_path):
+    p = tmp_path / "s.sqlite"
+    code = textwrap.dedent(f"""
+        from robustbench_align.runner.store import exclusive
+        from robustbench_align.errors import StoreError
+        try:
+            with exclusive({str(p)!r}):
+                print("got")
+        except StoreError as e:
+            print("refused:", e)
+    """)
+    with exclusive(p):
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60).stdout
+    assert out.startswith("refused:") and "in use" in out
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60).stdout
+    assert out.strip() == "got"
