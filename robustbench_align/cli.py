@@ -1,0 +1,272 @@
+"""The `rba` command line: run the benchmark plan, evaluate a new model, render leaderboards, correlate.
+
+Every expected failure is printed as one line on stderr with exit code 2.
+"""
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+
+from .errors import RBAError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Adversarial robustness and Jacobian alignment of tabular classifiers.")
+reproduce_app = typer.Typer(no_args_is_help=True, help="Reproduce the seed paper's experiments with this suite's machinery.")
+app.add_typer(reproduce_app, name="reproduce")
+
+DEFAULT_STORE = "reports/results.sqlite"
+DEFAULT_CACHE = ".rba/cache"
+DEFAULT_OUT = "reports"
+
+_state = {"quiet": False}
+
+
+def _console() -> Any:
+    from rich.console import Console
+
+    import shutil
+
+    return Console(width=max(shutil.get_terminal_size((160, 40)).columns, 120))
+
+
+def _setup_logging(quiet: bool) -> None:
+    _state["quiet"] = quiet
+    logging.basicConfig(level=logging.ERROR if quiet else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+
+
+@app.callback()
+def _main(quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars or summaries.")) -> None:
+    _setup_logging(quiet)
+
+
+def _table(rows: list[dict[str, Any]], title: str | None = None) -> None:
+    from rich.table import Table
+
+    if not rows:
+        _console().print("(nothing)")
+        return
+    t = Table(title=title, show_lines=False)
+    for c in rows[0]:
+        t.add_column(str(c))
+    for r in rows:
+        t.add_row(*[("" if v is None else str(v)) for v in r.values()])
+    _console().print(t)
+
+
+@app.command()
+def models() -> None:
+    """List the registry's models with their model cards."""
+    from .models.registry import describe_models
+
+    rows = [{"name": r["name"], "family": r["family"], "params": ", ".join(f"{k}={v}" for k, v in r["params"].items()),
+             "summary": r["summary"]} for r in describe_models()]
+    _table(rows, "models")
+
+
+@app.command()
+def datasets() -> None:
+    """List the offline datasets (plus uci121:<name>, csv:<path>, parquet:<path>)."""
+    from .data import registry as dreg
+
+    if hasattr(dreg, "describe_datasets"):
+        rows = [{k: v for k, v in r.items()} for r in dreg.describe_datasets()]
+    else:
+        rows = [{"name": n} for n in dreg.list_datasets()]
+    _table(rows, "datasets")
+    if not _state["quiet"]:
+        _console().print("Also: uci121:<name> (directory in RBA_UCI121_DIR), csv:<path>, parquet:<path> (target column via the config)")
+
+
+def _write_all_reports(store: str, out: str) -> dict[str, Path]:
+    from .reports.export import write_reports
+    from .reports.tables import leaderboard_from_frames, overall_ranking
+    from .runner.store import Store
+
+    with Store(store, readonly=True) as st:
+        runs, points = st.runs(), st.points()
+    board = leaderboard_from_frames(runs, points)
+    overall = overall_ranking(board)
+    return write_reports(board, out, overall, points=points, runs=runs)
+
+
+@app.command()
+def run(
+    config: Optional[Path] = typer.Option(None, "--config", help="TOML plan file (keys: models, datasets, threats, seeds, points, ...)."),
+    workers: int = typer.Option(1, "--workers", help="Local worker processes."),
+    dask: Optional[str] = typer.Option(None, "--dask", help="Address of an existing Dask scheduler, e.g. tcp://host:8786."),
+    quick: bool = typer.Option(False, "--quick", help="Smoke run: 2 datasets, 10 points."),
+    full: bool = typer.Option(False, "--full", help="Every test point, longer exact-attack time limits."),
+    store: str = typer.Option(DEFAULT_STORE, "--store", help="SQLite result store."),
+    cache: str = typer.Option(DEFAULT_CACHE, "--cache", help="Directory of cached fitted models."),
+    out: str = typer.Option(DEFAULT_OUT, "--out", help="Directory for the leaderboard files."),
+    retry_failed: bool = typer.Option(False, "--retry-failed", help="Recompute runs that failed before."),
+    wait: bool = typer.Option(False, "--wait", help="Wait for another run on the same store instead of refusing."),
+) -> None:
+    """Run the benchmark plan (finished cells are reused) and write the leaderboard reports."""
+    from .errors import ConfigError
+    from .runner.plan import load_plan, run_plan
+
+    if dask and workers != 1:
+        raise ConfigError("use either --workers or --dask, not both")
+    plan = load_plan(config, quick=quick, full=full)
+    summary = run_plan(plan, store, cache_dir=cache, workers=workers, dask_address=dask, retry_failed=retry_failed,
+                       progress=not _state["quiet"], wait=wait)
+    files = _write_all_reports(store, out)
+    if not _state["quiet"]:
+        _console().print(
+            f"{summary['jobs']} cells computed, {summary['skipped']} reused, {summary['runs_failed']} failed runs, "
+            f"{summary['seconds']:.1f} s; reports: {', '.join(str(p) for p in files.values())}"
+        )
+
+
+def _load_target(target: str, trust_pickle: bool) -> tuple[Any, bool]:
+    """A registry name (returns (name, True)) or a loaded Model (returns (model, False))."""
+    from .errors import ModelError
+    from .models.registry import list_models
+
+    if target in list_models():
+        return target, True
+    p = Path(target)
+    if p.exists():
+        from .models.persistence import load_model
+
+        return load_model(p, trust_pickle=trust_pickle), False
+    if ":" in target and not p.suffix:
+        import importlib
+
+        mod, _, attr = target.partition(":")
+        try:
+            obj = getattr(importlib.import_module(mod), attr)
+        except (ImportError, AttributeError) as exc:
+            raise ModelError(f"cannot import {target!r} ({type(exc).__name__}: {exc})") from None
+        if callable(obj) and not hasattr(obj, "predict_proba") and not hasattr(obj, "forward") and isinstance(obj, type(_load_target)):
+            obj = obj()
+        from .models.base import wrap
+
+        return wrap(obj, name=attr), False
+    raise ModelError(
+        f"cannot load model {target!r}: give a registry name ({', '.join(list_models())}), an XGBoost .json file, "
+        "a .skops file, a saved model directory, or module:attr returning a torch module or estimator"
+    )
+
+
+@app.command()
+def evaluate(
+    target: str = typer.Argument(..., help="Registry name, XGBoost .json, .skops file, saved model dir, or module:attr."),
+    dataset: str = typer.Option(..., "--dataset", "-d", help="Dataset name (see `rba datasets`)."),
+    name: Optional[str] = typer.Option(None, "--name", help="Name shown in the leaderboard."),
+    config: Optional[Path] = typer.Option(None, "--config", help="Plan file whose threats/points/seeds to use."),
+    store: str = typer.Option(DEFAULT_STORE, "--store"),
+    out: str = typer.Option(DEFAULT_OUT, "--out"),
+    trust_pickle: bool = typer.Option(False, "--trust-pickle", help="Allow loading a pickle file (executes code)."),
+) -> None:
+    """Evaluate a new model under the plan's threat models and rank it in the same leaderboard."""
+    from .runner.plan import evaluate as _evaluate, load_plan
+
+    plan = load_plan(config)
+    obj, is_registry = _load_target(target, trust_pickle)
+    frames = []
+    for seed in plan.seeds:
+        frames.append(_evaluate(obj, dataset, threats=plan.threats, points=plan.points, seed=seed, name=name or (None if is_registry else Path(target).stem),
+                                store=store, attack_time_limit=plan.attack_time_limit, dataset_params=plan.dataset_params.get(dataset)))
+    files = _write_all_reports(store, out)
+    from .reports.export import display_frame
+    from .reports.tables import leaderboard
+
+    board = leaderboard(store, dataset=dataset)
+    shown = display_frame(board[[c for c in board.columns if c not in ("attacks", "flags", "fit_time", "eval_time", "seeds")]])
+    _table(shown.to_dict("records"), f"leaderboard: {dataset}")
+    if not _state["quiet"]:
+        _console().print(f"reports: {', '.join(str(p) for p in files.values())}")
+
+
+@app.command("leaderboard")
+def leaderboard_cmd(
+    fmt: str = typer.Option("md", "--format", "-f", help="md, html, latex, csv or json."),
+    store: str = typer.Option(DEFAULT_STORE, "--store"),
+    dataset: Optional[str] = typer.Option(None, "--dataset"),
+    threat: Optional[str] = typer.Option(None, "--threat"),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write to this file instead of stdout."),
+) -> None:
+    """Print (or write) the leaderboard from the store."""
+    from .reports.export import render
+    from .reports.tables import leaderboard, overall_ranking
+    from .runner.store import Store
+
+    board = leaderboard(store, dataset=dataset, threat=threat)
+    kw: dict[str, Any] = {}
+    if fmt == "html":
+        with Store(store, readonly=True) as st:
+            kw = {"points": st.points(), "runs": st.runs()}
+    text = render(board, fmt, overall_ranking(board), **kw)
+    if output:
+        output.write_text(text, encoding="utf-8")
+    else:
+        sys.stdout.write(text)
+
+
+@app.command()
+def correlate(
+    x: str = typer.Option("normal_alignment", "--x", help="Point metric on the x axis."),
+    y: str = typer.Option("radius", "--y", help="Robustness measure (radius, r_lin, ...)."),
+    threat: str = typer.Option("linf", "--threat"),
+    by: Optional[str] = typer.Option(None, "--by", help="Group column (e.g. model) for per-group correlations."),
+    aggregate: bool = typer.Option(False, "--aggregate", help="Correlate (model, dataset) means instead of points."),
+    store: str = typer.Option(DEFAULT_STORE, "--store"),
+    plot: Path = typer.Option(Path("reports/correlation.png"), "--plot", help="Where to write the scatter plot."),
+) -> None:
+    """Test whether Jacobian alignment predicts robustness (Spearman/Pearson, bootstrap CIs, permutation p)."""
+    from .errors import ConfigError
+    from .metrics.stats import correlate as _correlate
+    from .runner.store import Store
+
+    with Store(store, readonly=True) as st:
+        pts = st.points()
+    pts = pts[(pts["threat"] == threat) & (pts["correct"] == 1)]
+    for col in (x, y):
+        if col not in pts.columns:
+            raise ConfigError(f"unknown column {col!r}; choose from {', '.join(c for c in pts.columns if pts[c].dtype.kind == 'f')}")
+    pts = pts[pts[x].notna() & pts[y].notna() & (pts[y] < float("inf"))]
+    if pts.empty:
+        raise ConfigError(f"no points with both {x} and {y} under threat {threat!r}; run models with gradients (mlp, rfm, ...) first")
+    kw: dict[str, Any] = {"x": x, "y": y}
+    if by:
+        kw["by"] = by
+    if aggregate:
+        kw["aggregate"] = ["model", "dataset"]
+    res = _correlate(pts, **kw)
+    sys.stdout.write(str(res) + "\n")
+    from .reports.plots import scatter_plot
+
+    scatter_plot(pts, x, y, res, plot, hue="model")
+    if not _state["quiet"]:
+        _console().print(f"plot: {plot}")
+
+
+def main() -> None:
+    """Entry point: run the app; RBAError (and bad-parameter errors) become one line on stderr, exit 2."""
+    try:
+        app(standalone_mode=False)
+    except RBAError as exc:
+        sys.stderr.write(f"rba: error: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}\n")
+        sys.exit(2)
+    except (typer.Exit, SystemExit) as exc:
+        code = getattr(exc, "exit_code", getattr(exc, "code", 0))
+        sys.exit(code or 0)
+    except KeyboardInterrupt:
+        sys.stderr.write("rba: interrupted\n")
+        sys.exit(130)
+    except Exception as exc:  # usage errors of the (vendored) click layer
+        if hasattr(exc, "format_message") and hasattr(exc, "exit_code"):
+            sys.stderr.write(f"rba: error: {exc.format_message().splitlines()[0]}\n")
+            sys.exit(2)
+        if type(exc).__name__ == "Abort":
+            sys.exit(130)
+        raise
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()
