@@ -68,15 +68,22 @@ def execute(jobs: Sequence[Any], on_result: Callable[[list[RunRecord]], None], *
         bar.close()
 
 
-def _execute_dask(jobs: Sequence[Any], on_result: Callable[[list[RunRecord]], None], address: str, progress: bool) -> None:
+def connect_dask(address: str) -> Any:
+    """A Dask client for `address`, or ConfigError within about 10 s."""
     try:
-        from dask.distributed import Client, as_completed
+        from dask.distributed import Client
     except ImportError:
         raise ConfigError("--dask needs dask.distributed: pip install 'robustbench-align[dask]'") from None
     try:
-        client = Client(address, timeout=10, set_as_default=False)
-    except (OSError, TimeoutError) as exc:
+        return Client(address, timeout=10, set_as_default=False)
+    except (OSError, TimeoutError, ValueError) as exc:
         raise ConfigError(f"cannot reach the Dask scheduler at {address!r} within 10 s ({type(exc).__name__}); start it or fix the address") from None
+
+
+def _execute_dask(jobs: Sequence[Any], on_result: Callable[[list[RunRecord]], None], address: str, progress: bool) -> None:
+    from dask.distributed import as_completed
+
+    client = connect_dask(address)
     bar = _progress(len(jobs), progress)
     try:
         futures = [client.submit(_job_entry, job, pure=False) for job in jobs]

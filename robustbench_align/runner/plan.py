@@ -340,6 +340,10 @@ def run_plan(plan: Plan, store_path: str | os.PathLike, *, cache_dir: str | None
     from .store import Store, exclusive
 
     t0 = time.perf_counter()
+    if dask_address:  # fail fast, before anything is written
+        from .executors import connect_dask
+
+        connect_dask(dask_address).close()
     with exclusive(store_path, wait=wait):
         with Store(store_path) as store:
             done = store.finished(include_failed=not retry_failed)
