@@ -43,6 +43,7 @@ def _main(quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress b
 
 
 def _table(rows: list[dict[str, Any]], title: str | None = None) -> None:
+    from rich.markup import escape
     from rich.table import Table
 
     if not rows:
@@ -50,9 +51,9 @@ def _table(rows: list[dict[str, Any]], title: str | None = None) -> None:
         return
     t = Table(title=title, show_lines=False)
     for c in rows[0]:
-        t.add_column(str(c))
+        t.add_column(escape(str(c)))
     for r in rows:
-        t.add_row(*[("" if v is None else str(v)) for v in r.values()])
+        t.add_row(*[("" if v is None else escape(str(v))) for v in r.values()])
     _console().print(t)
 
 

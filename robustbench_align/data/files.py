@@ -1,0 +1,126 @@
+"""User tables from CSV or Parquet files (`csv:<path>`, `parquet:<path>`), read with pandas.
+
+One column is the label (the `target` parameter, else the first column named target, label,
+class or y); every other column, apart from those listed in `drop`, must be numeric. The table
+then goes through the shared pipeline in `tabular.build_dataset` (stratified split by seed,
+train-only standardisation). Nothing is written.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from ..errors import DataError
+from .tabular import DEFAULT_TEST_SIZE, Dataset, build_dataset, short_list
+
+TARGET_CANDIDATES = ("target", "label", "class", "y")
+FORMATS = ("csv", "parquet")
+
+
+def read_table(kind: str, path: str | os.PathLike) -> Any:
+    """Read a CSV or Parquet file into a pandas DataFrame; DataError with one line if that fails."""
+    import pandas as pd
+
+    if kind not in FORMATS:
+        raise DataError(f"unknown table format {kind!r}; use one of {', '.join(FORMATS)}")
+    p = Path(os.path.expanduser(str(path)))
+    who = f"{kind}:{path}"
+    if not str(path):
+        raise DataError(f"{kind}: no path given; write {kind}:<path to the file>")
+    if not p.is_file():
+        raise DataError(f"{who}: no such file ({p.resolve()})")
+    try:
+        if kind == "csv":
+            frame = pd.read_csv(p)
+        else:
+            try:
+                import pyarrow  # noqa: F401
+            except ImportError:
+                raise DataError(f"{who}: reading Parquet needs pyarrow; pip install 'robustbench-align[parquet]'") from None
+            frame = pd.read_parquet(p)
+    except DataError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - any parser failure becomes one clear line
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise DataError(f"{who}: could not be read as {kind} ({type(exc).__name__}: {first})") from None
+    if frame.shape[0] == 0:
+        raise DataError(f"{who}: the table has no rows")
+    return frame
+
+
+def find_target(columns: Sequence[str], who: str, target: str | None = None) -> str:
+    """The label column: `target` if given, else the first of target/label/class/y (exact, then any case)."""
+    cols = [str(c) for c in columns]
+    if target is not None:
+        if str(target) not in cols:
+            raise DataError(f"{who}: target column {target!r} not found; available columns: {short_list(cols)}")
+        return str(target)
+    for cand in TARGET_CANDIDATES:
+        if cand in cols:
+            return cand
+    lower = {c.lower(): c for c in reversed(cols)}
+    for cand in TARGET_CANDIDATES:
+        if cand in lower:
+            return lower[cand]
+    raise DataError(
+        f"{who}: no target column (looked for {', '.join(TARGET_CANDIDATES)}); pass target=<column>; "
+        f"available columns: {short_list(cols)}"
+    )
+
+
+def load_table(
+    kind: str,
+    path: str,
+    seed: int = 0,
+    *,
+    target: str | None = None,
+    drop: Sequence[str] | str | None = None,
+    test_size: float = DEFAULT_TEST_SIZE,
+    standardize: bool = True,
+) -> Dataset:
+    """Load `csv:<path>` or `parquet:<path>` as a Dataset (numeric features, any label values).
+
+    `drop` names columns to ignore (an id column, say). Non-numeric feature columns, a missing
+    target, missing values, a single class or too few rows per class raise DataError.
+    """
+    import pandas as pd
+
+    who = f"{kind}:{path}"
+    frame = read_table(kind, path)
+    frame.columns = [str(c) for c in frame.columns]
+    if len(set(frame.columns)) != len(frame.columns):
+        dup = sorted({c for c in frame.columns if list(frame.columns).count(c) > 1})
+        raise DataError(f"{who}: duplicate column names {short_list(dup)}; rename them")
+    tcol = find_target(frame.columns, who, target)
+    drops = [drop] if isinstance(drop, str) else list(drop or [])
+    missing = [c for c in drops if c not in frame.columns]
+    if missing:
+        raise DataError(f"{who}: drop names unknown columns {short_list(missing)}; available columns: {short_list(list(frame.columns))}")
+    if tcol in drops:
+        raise DataError(f"{who}: the target column {tcol!r} is also listed in drop")
+    feats = [c for c in frame.columns if c != tcol and c not in drops]
+    if not feats:
+        raise DataError(f"{who}: no feature columns besides the target {tcol!r}")
+    bad = [c for c in feats if not pd.api.types.is_numeric_dtype(frame[c])]
+    if bad:
+        raise DataError(
+            f"{who}: non-numeric feature columns {short_list(bad)}; encode them as numbers or list them in drop"
+        )
+    yser = frame[tcol]
+    n_missing = int(yser.isna().sum())
+    if n_missing:
+        raise DataError(f"{who}: target column {tcol!r} has {n_missing} missing values; drop those rows first")
+    X = frame[feats].to_numpy(dtype=np.float64, na_value=np.nan)
+    y = yser.to_numpy()
+    if y.dtype.kind not in "biuf":
+        y = yser.astype(str).to_numpy(dtype=object)
+    resolved = Path(os.path.expanduser(path)).resolve()
+    meta = {
+        "source": f"{kind} file {resolved}", "path": str(resolved), "target": tcol, "dropped": drops,
+        "params": {"target": tcol, "drop": drops, "test_size": test_size, "standardize": standardize},
+    }
+    return build_dataset(f"{kind}:{path}", X, y, seed=seed, feature_names=feats, test_size=test_size,
+                         standardize=standardize, meta=meta)
