@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
 import platform
 import time
@@ -26,6 +27,7 @@ from .store import RunRecord
 log = logging.getLogger(__name__)
 
 PROTOCOL_VERSION = 1  # bump when a change in the evaluation changes results for the same config
+SEED_MAX = 2**32 - 1  # the seed range load_dataset and the estimators accept
 
 DEFAULT_MODELS = ["mlp", "mlp-grokalign", "rfm", "rfam", "xgb", "rf", "gbdt"]
 DEFAULT_DATASETS = ["breast_cancer", "wine", "digits", "sparse_parity", "xor", "synthetic"]
@@ -60,23 +62,51 @@ class Plan:
         ]
 
     def validate(self) -> "Plan":
-        from ..attacks.registry import get_threat_model
-        from ..data.registry import list_datasets
+        """Check every entry before anything runs; ConfigError (one line) naming the first bad value."""
+        from ..attacks.registry import EFFORTS, get_threat_model
+        from ..data.registry import FAMILIES, list_datasets
         from ..models.registry import get_spec
 
+        for key in ("models", "datasets", "threats", "seeds"):
+            value = getattr(self, key)
+            if not isinstance(value, list) or not value:
+                raise ConfigError(f"plan: {key} must be a non-empty list, got {value!r}")
         for m in self.models:
-            get_spec(m)
+            try:
+                get_spec(m)
+            except RBAError as exc:
+                raise ConfigError(f"plan: {exc}") from None
         known = set(list_datasets())
         for d in self.datasets:
-            base = d.split(":", 1)[0]
-            if d not in known and base not in {"uci121", "csv", "parquet", "synthetic"}:
-                raise ConfigError(f"unknown dataset {d!r} in plan; valid: {', '.join(sorted(known))}, uci121:<name>, csv:<path>, parquet:<path>")
+            family, sep, arg = str(d).partition(":")
+            if d not in known and not (sep and family in FAMILIES and arg.strip()):
+                raise ConfigError(
+                    f"unknown dataset {d!r} in plan; valid: {', '.join(sorted(known))}, uci121:<name>, csv:<path>, parquet:<path>"
+                )
         for t in self.threats:
-            get_threat_model(t)
-        if self.points < 0:
-            raise ConfigError("plan: points must be >= 0 (0 = every test point)")
-        if not self.seeds:
-            raise ConfigError("plan: seeds must not be empty")
+            try:
+                get_threat_model(t)
+            except RBAError as exc:
+                raise ConfigError(f"plan: {exc}") from None
+        for s in self.seeds:
+            if isinstance(s, bool) or not isinstance(s, int) or not 0 <= s <= SEED_MAX:
+                raise ConfigError(f"plan: seeds must be integers in 0..{SEED_MAX}, got {s!r}")
+        if isinstance(self.points, bool) or not isinstance(self.points, int) or self.points < 0:
+            raise ConfigError(f"plan: points must be an integer >= 0 (0 = every test point), got {self.points!r}")
+        t = self.attack_time_limit
+        if isinstance(t, bool) or not isinstance(t, (int, float)) or not math.isfinite(t) or t <= 0:
+            raise ConfigError(f"plan: attack_time_limit must be a finite number of seconds > 0, got {t!r}")
+        if self.attack_effort not in EFFORTS:
+            raise ConfigError(f"plan: attack_effort must be one of {', '.join(EFFORTS)}, got {self.attack_effort!r}")
+        for key in ("model_params", "dataset_params"):
+            table = getattr(self, key)
+            if not isinstance(table, dict) or not all(isinstance(v, dict) for v in table.values()):
+                raise ConfigError(f"plan: {key!r} must be a table of tables (name -> parameters)")
+        for m in self.model_params:
+            try:
+                get_spec(m)
+            except RBAError as exc:
+                raise ConfigError(f"plan: model_params: {exc}") from None
         return self
 
 
@@ -90,9 +120,16 @@ _PLAN_TYPES: dict[str, Any] = {
 def plan_from_dict(doc: dict[str, Any], base: Plan | None = None, source: str = "config") -> Plan:
     """Build a Plan from a TOML/dict document, refusing unknown keys and wrong types."""
     plan = base or Plan()
-    doc = dict(doc.get("plan", doc)) if isinstance(doc, dict) else doc
+    if isinstance(doc, dict) and "plan" in doc:
+        extra = [k for k in doc if k != "plan"]
+        if extra:
+            raise ConfigError(f"{source}: unknown key {extra[0]!r} next to [plan]; put every setting inside [plan]")
+        doc = doc["plan"]
+        if not isinstance(doc, dict):
+            raise ConfigError(f"{source}: [plan] must be a table of plan settings, got {type(doc).__name__}")
     if not isinstance(doc, dict):
         raise ConfigError(f"{source}: expected a table of plan settings")
+    doc = dict(doc)
     for key, value in doc.items():
         if key not in _PLAN_TYPES:
             raise ConfigError(f"{source}: unknown key {key!r}; valid keys: {', '.join(_PLAN_TYPES)}")
@@ -120,11 +157,14 @@ def load_plan(path: str | os.PathLike | None = None, *, quick: bool = False, ful
         p = Path(path)
         if not p.exists():
             raise ConfigError(f"config file {str(p)!r} does not exist")
+        if not p.is_file():
+            raise ConfigError(f"config file {str(p)!r} is not a regular file")
         try:
-            doc = tomllib.loads(p.read_text())
-        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-            raise ConfigError(f"{p.name}: not valid TOML ({exc})") from None
-        plan = plan_from_dict(doc, plan, source=p.name)
+            doc = tomllib.loads(p.read_text(encoding="utf-8"))
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError, RecursionError, OSError) as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ConfigError(f"{p.name!r}: not valid TOML ({first})") from None
+        plan = plan_from_dict(doc, plan, source=repr(p.name))
     if quick:
         plan.points = min(plan.points or 10, 10)
         plan.datasets = plan.datasets[:2]
@@ -242,7 +282,7 @@ def run_job(job: Job, model_obj: Any = None) -> list[RunRecord]:
     X, y = ds.X_test[idx], ds.y_test[idx]
     t_eval0 = time.perf_counter()
     pred = model.predict(X)
-    metric_cols = _point_metrics(model, X)
+    metric_cols = _point_metrics(model, X, y)
     align_time = time.perf_counter() - t_eval0
 
     records = []
@@ -265,16 +305,17 @@ def run_job(job: Job, model_obj: Any = None) -> list[RunRecord]:
     return records
 
 
-def _point_metrics(model: Any, X: np.ndarray) -> dict[str, np.ndarray]:
-    """Alignment metrics per point (NaN where undefined, e.g. trees)."""
-    from ..metrics.alignment import alignment
+def _point_metrics(model: Any, X: np.ndarray, y: np.ndarray) -> dict[str, np.ndarray]:
+    """Alignment metrics and local-linear radii per point from one Jacobian pass (NaN where undefined, e.g. trees)."""
+    from ..metrics.robustness import point_metrics
 
-    cols = {m: np.full(X.shape[0], np.nan) for m in ("normal_alignment", "centroid_alignment", "centroid_norm", "effective_rank",
-                                                      "effective_rank_normalized", "pc1_explained_variance", "offset_norm", "jacobian_norm", "x_norm")}
+    names = ("normal_alignment", "centroid_alignment", "centroid_norm", "effective_rank", "effective_rank_normalized",
+             "pc1_explained_variance", "offset_norm", "jacobian_norm", "x_norm", "r_lin_linf", "r_lin_l2", "r_lin_l1")
+    cols = {m: np.full(X.shape[0], np.nan) for m in names}
     cols["x_norm"] = np.linalg.norm(X, axis=1)
     if X.shape[0] == 0:
         return cols
-    df = alignment(model, X, on_unsupported="nan")
+    df = point_metrics(model, X, y, norms=("linf", "l2", "l1"), on_unsupported="nan")
     for c in cols:
         if c in df.columns:
             cols[c] = df[c].to_numpy(dtype=np.float64)
@@ -285,7 +326,6 @@ def _run_threat(job: Job, threat: str, model: Any, X: np.ndarray, y: np.ndarray,
                 metric_cols: dict[str, np.ndarray]) -> RunRecord:
     from ..attacks.ensemble import minimal_radius
     from ..attacks.registry import get_threat_model
-    from ..metrics.robustness import local_linear_radius
 
     tm = get_threat_model(threat)
     n = X.shape[0]
@@ -314,18 +354,14 @@ def _run_threat(job: Job, threat: str, model: Any, X: np.ndarray, y: np.ndarray,
 
         per_eps, attacks_used, rejected, flags = fixed_eps_per_point(model, X, y, threat=threat, seed=job.seed)
         robust_at = [{f"{e:g}": int(per_eps[e][i]) for e in per_eps} for i in range(n)]
-    r_lin = np.full(n, np.nan)
-    if model.has("torch_logits") and tm.norm in ("linf", "l2", "l1") and n:
-        try:
-            r_lin = local_linear_radius(model, X, y, tm.norm)
-        except RBAError:
-            pass
+    r_lin = metric_cols.get(f"r_lin_{tm.norm}", np.full(n, np.nan))
     points = []
     for i in range(n):
         row = {"idx": i, "test_index": int(idx[i]), "y": int(y[i]), "pred": int(pred[i]), "correct": int(pred[i] == y[i]),
                "radius": radius[i], "lower_bound": lower[i], "by_attack": by_attack[i], "robust_at": robust_at[i], "r_lin": r_lin[i]}
         for k, v in metric_cols.items():
-            row[k] = v[i]
+            if not k.startswith("r_lin_"):
+                row[k] = v[i]
         points.append(row)
     return RunRecord(
         run={"threat": threat, "norm": tm.norm, "attacks": attacks_used, "flags": flags, "rejected": rejected},
