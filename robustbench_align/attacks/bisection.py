@@ -1,0 +1,152 @@
+"""Turn any fixed-eps attack into a minimal one by per-point bisection on eps.
+
+Per point the search keeps a bracket (lo, hi]: lo the largest eps at which the attack failed, hi
+the smallest *verified distance* of an adversarial it found. First eps doubles from `eps_init`
+until the attack succeeds (or halves until it fails), then the bracket is bisected for `steps`
+rounds or until (hi - lo) <= rtol * hi. The reported distance is the verified distance of the best
+adversarial found (after an optional bisection along its own ray, which uses `predict` only),
+never a bisection eps; lo is not a certified bound (the attack may just have missed) and is
+reported only in `flags`.
+
+Attacks that take one eps per point (class attribute `per_point_eps = True`) are called once per
+round with the whole eps vector. Any other FixedEpsAttack (black-box ones too) is called once per
+distinct eps value; to keep that affordable, a round tests each point at any eps in the central
+half of its bracket rather than exactly the midpoint, and points whose central halves overlap share
+one eps (greedy interval stabbing), at most `max_groups` calls per round; such a test shrinks a
+bracket to at most 3/4, so those points get steps * log 2 / log(4/3) (about 2.4 * steps) tests.
+"""
+from __future__ import annotations
+
+import logging
+import time
+
+import numpy as np
+
+from ..errors import AttackError
+from ..models.base import Model, wrap
+from .base import NORMS, AttackResult, FixedEpsAttack, MinimalAttack, finalize
+from .gradient import refine_along_ray
+
+log = logging.getLogger(__name__)
+
+_DEFAULT_EPS = {"linf": 0.1, "l2": 0.1, "l1": 0.1}  # times 1, sqrt(d), d: a small ball of standardised data
+
+
+def stab_groups(a: np.ndarray, b: np.ndarray) -> list[tuple[float, np.ndarray]]:
+    """Fewest values hitting every interval [a_i, b_i]: (value, member indices) per group.
+
+    Greedy by right end: the right end of the first unhit interval hits every interval that starts
+    at or before it. Optimal for intervals on a line.
+    """
+    order = np.argsort(b, kind="stable")
+    groups: list[tuple[float, np.ndarray]] = []
+    done = np.zeros(a.size, dtype=bool)
+    for i in order:
+        if done[i]:
+            continue
+        v = float(b[i])
+        members = np.flatnonzero(~done & (a <= v) & (b >= v))
+        done[members] = True
+        groups.append((v, members))
+    return groups
+
+
+class MinimalByBisection(MinimalAttack):
+    """A MinimalAttack from a FixedEpsAttack by vectorised per-point bisection on eps."""
+
+    name = "bisection"
+
+    def __init__(self, fixed_eps_attack: FixedEpsAttack, steps: int = 12, rtol: float = 1e-3, eps_init: float | None = None,
+                 max_doublings: int = 20, max_groups: int = 16, time_limit: float | None = None, refine: bool = True):
+        if not isinstance(fixed_eps_attack, FixedEpsAttack):
+            raise AttackError(f"bisection wraps a FixedEpsAttack, got {type(fixed_eps_attack).__name__}")
+        for val, nm in ((steps, "steps"), (max_doublings, "max_doublings"), (max_groups, "max_groups")):
+            if int(val) != val or int(val) < 1:
+                raise AttackError(f"bisection: {nm} must be an integer >= 1, got {val!r}")
+        if not (np.isfinite(rtol) and 0 < rtol < 1):
+            raise AttackError(f"bisection: rtol must be in (0, 1), got {rtol!r}")
+        if eps_init is not None and not (np.isfinite(eps_init) and eps_init > 0):
+            raise AttackError(f"bisection: eps_init must be > 0, got {eps_init!r}")
+        if time_limit is not None and not (time_limit > 0):
+            raise AttackError(f"bisection: time_limit must be > 0 seconds, got {time_limit!r}")
+        self.inner = fixed_eps_attack
+        self.steps = int(steps)
+        self.rtol = float(rtol)
+        self.eps_init = None if eps_init is None else float(eps_init)
+        self.max_doublings = int(max_doublings)
+        self.max_groups = int(max_groups)
+        self.time_limit = time_limit
+        self.refine = bool(refine)
+        self.name = f"{fixed_eps_attack.name}-bisect"
+        self.requires = fixed_eps_attack.requires
+        self.norms = tuple(getattr(fixed_eps_attack, "norms", NORMS))
+
+    def __repr__(self) -> str:
+        return f"MinimalByBisection({self.inner!r}, steps={self.steps}, rtol={self.rtol})"
+
+    def run(self, model: Model, X: np.ndarray, y: np.ndarray, norm: str) -> AttackResult:
+        t0 = time.perf_counter()
+        model = wrap(model)
+        X, y, norm = self._check(model, X, y, norm)
+        n, d = X.shape
+        best = X.copy()
+        best_d = np.full(n, np.inf)
+        lo = np.zeros(n)
+        queries = np.zeros(n, dtype=np.int64)
+        todo = np.flatnonzero(model.predict(X) == y) if n else np.zeros(0, dtype=np.int64)
+        eps0 = self.eps_init or _DEFAULT_EPS[norm] * {"linf": 1.0, "l2": np.sqrt(d), "l1": float(d)}[norm]
+        n_bracket = np.zeros(n, dtype=np.int64)
+        n_bisect = np.zeros(n, dtype=np.int64)
+        vectorised = bool(getattr(self.inner, "per_point_eps", False))
+        # a grouped test anywhere in the central half shrinks the bracket to at most 3/4 (not 1/2)
+        bisect_budget = self.steps if vectorised else int(np.ceil(self.steps * np.log(2.0) / np.log(4.0 / 3.0)))
+        calls = rounds = 0
+        max_rounds = 4 * (self.max_doublings + self.steps)
+        while rounds < max_rounds:
+            if self.time_limit is not None and time.perf_counter() - t0 > self.time_limit:
+                log.info("%s: time limit reached after %d rounds", self.name, rounds)
+                break
+            hi = best_d
+            bracketed = (lo > 0) & np.isfinite(hi)
+            converged = bracketed & (hi - lo <= self.rtol * hi)
+            active = todo[~converged[todo] & np.where(bracketed[todo], n_bisect[todo] < bisect_budget, n_bracket[todo] < self.max_doublings)]
+            if active.size == 0:
+                break
+            # the acceptable eps band [a, b] of each active point
+            lo_a, hi_a = lo[active], hi[active]
+            no_success, no_failure = np.isinf(hi_a), lo_a == 0
+            width = np.where(no_success | no_failure, 0.0, hi_a - lo_a)
+            centre = np.where(no_success, np.where(lo_a > 0, 2.0 * lo_a, eps0),  # double from the last failure
+                              np.where(no_failure, 0.5 * hi_a, lo_a + 0.5 * width))  # halve, or bisect
+            if vectorised:
+                calls_now = [(active, centre)]
+            else:
+                a, b = centre - 0.25 * width, centre + 0.25 * width
+                groups = sorted(stab_groups(a, b), key=lambda g: -g[1].size)[: self.max_groups]
+                calls_now = [(active[mem], np.full(mem.size, v)) for v, mem in groups]
+            for rows, eps in calls_now:
+                res = self.inner.run(model, X[rows], y[rows], norm, eps if vectorised else float(eps[0]))
+                calls += 1
+                ok = res.success & np.isfinite(res.distance) & (res.distance > 0)
+                better = ok & (res.distance < best_d[rows])
+                best[rows[better]] = res.x_adv[better]
+                best_d[rows[better]] = res.distance[better]
+                failed = ~res.success
+                lo[rows[failed]] = np.maximum(lo[rows[failed]], eps[failed])
+                if res.queries is not None:
+                    queries[rows] += np.asarray(res.queries, dtype=np.int64)
+                was_bracketed = (lo[rows] > 0) & np.isfinite(best_d[rows])
+                n_bisect[rows] += was_bracketed
+                n_bracket[rows] += ~was_bracketed
+            # a failure above a found distance (the attack is not monotone in eps) closes the bracket
+            lo = np.minimum(lo, np.where(np.isfinite(best_d), best_d, np.inf))
+            rounds += 1
+        if self.refine:  # shrink each best perturbation along its ray to the boundary (predict only)
+            found = np.flatnonzero(np.isfinite(best_d))
+            best = refine_along_ray(model, X, y, best, found)
+        res = finalize(model, X, y, best, norm, self.name, t0=t0, queries=queries)
+        res.flags.update({"inner": self.inner.name, "calls": calls, "rounds": rounds, "failed_eps": lo.tolist()})
+        return res
+
+
+__all__ = ["MinimalByBisection", "stab_groups"]
