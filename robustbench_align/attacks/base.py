@@ -87,11 +87,14 @@ class AttackResult:
         return int(self.distance.shape[0])
 
     def robust_accuracy(self, eps: Any) -> np.ndarray:
-        """Fraction of points whose (verified) minimal distance exceeds each eps."""
+        """Fraction of points whose (verified) minimal distance exceeds each eps.
+
+        Uses the same tolerance as `verify`: an adversarial at eps·(1+1e-6) counts as within eps.
+        """
         e = np.atleast_1d(np.asarray(eps, dtype=np.float64))
         if self.n == 0:
             return np.full(e.shape, np.nan)
-        return np.array([(self.distance > x).mean() for x in e])
+        return np.array([(self.distance > x * (1 + BUDGET_RTOL)).mean() for x in e])
 
     def is_exact(self, rtol: float = 1e-6) -> np.ndarray:
         """Points whose distance is certified optimal (lower bound meets the found distance)."""

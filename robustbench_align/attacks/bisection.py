@@ -5,8 +5,8 @@ the smallest *verified distance* of an adversarial it found. First eps doubles f
 until the attack succeeds (or halves until it fails), then the bracket is bisected for `steps`
 rounds or until (hi - lo) <= rtol * hi. The reported distance is the verified distance of the best
 adversarial found (after an optional bisection along its own ray, which uses `predict` only),
-never a bisection eps; lo is not a certified bound (the attack may just have missed) and is
-reported only in `flags`.
+never a bisection eps; lo is not a certified bound (the attack may just have missed), so it is not
+reported as a lower bound.
 
 Attacks that take one eps per point (class attribute `per_point_eps = True`) are called once per
 round with the whole eps vector. Any other FixedEpsAttack (black-box ones too) is called once per
@@ -29,7 +29,7 @@ from .gradient import refine_along_ray
 
 log = logging.getLogger(__name__)
 
-_DEFAULT_EPS = {"linf": 0.1, "l2": 0.1, "l1": 0.1}  # times 1, sqrt(d), d: a small ball of standardised data
+_EPS0 = 0.1  # first eps: 0.1 per feature of standardised data (linf 0.1, l2 0.1 sqrt(d), l1 0.1 d)
 
 
 def stab_groups(a: np.ndarray, b: np.ndarray) -> list[tuple[float, np.ndarray]]:
@@ -94,7 +94,7 @@ class MinimalByBisection(MinimalAttack):
         lo = np.zeros(n)
         queries = np.zeros(n, dtype=np.int64)
         todo = np.flatnonzero(model.predict(X) == y) if n else np.zeros(0, dtype=np.int64)
-        eps0 = self.eps_init or _DEFAULT_EPS[norm] * {"linf": 1.0, "l2": np.sqrt(d), "l1": float(d)}[norm]
+        eps0 = self.eps_init or _EPS0 * {"linf": 1.0, "l2": np.sqrt(d), "l1": float(d)}[norm]
         n_bracket = np.zeros(n, dtype=np.int64)
         n_bisect = np.zeros(n, dtype=np.int64)
         vectorised = bool(getattr(self.inner, "per_point_eps", False))
@@ -145,7 +145,7 @@ class MinimalByBisection(MinimalAttack):
             found = np.flatnonzero(np.isfinite(best_d))
             best = refine_along_ray(model, X, y, best, found)
         res = finalize(model, X, y, best, norm, self.name, t0=t0, queries=queries)
-        res.flags.update({"inner": self.inner.name, "calls": calls, "rounds": rounds, "failed_eps": lo.tolist()})
+        res.flags.update({"inner": self.inner.name, "calls": calls, "rounds": rounds})
         return res
 
 

@@ -13,14 +13,15 @@ the distance an attack reports is the float64 norm of a point the model's own `p
 the certified lower bound is a bound over all such points.
 
 Decisions. With a single output (binary margin) the ensemble says class 1 iff raw > 0; otherwise
-it takes the argmax with ties to the lowest class index; libraries differ at exact ties (e.g.
-scikit-learn's gradient boosting predicts class 1 at raw == 0). Leaving class y means raising a
-margin M (raw_k - raw_y for a target class k, or -/+raw with one output) to 0 or above it. The
-first solve of every point asks for M >= 0, so ties count as flips and its bound is certified
-whichever way the model breaks them. Every decoded point is re-predicted by the model; if one does
-not flip (a tie broken the other way, or solver round-off), the point is solved again with a
-guard M >= g of growing size (1e-9 ... 1e-3 times the ensemble's output scale) and the retry is
-counted in `flags["guard_retries"]`; the found distance may then exceed the certified bound.
+it takes the argmax with ties to the lowest class index. Leaving class y for class k means raising
+the margin M = raw_k - raw_y (or -raw / +raw with one output) to M >= 0 where the tie already goes
+to k (k < y, or raw <= 0 for a point of class 1) and to M > 0 otherwise; the strict case is solved
+as M >= 1e-8 times the ensemble's output scale. Certified bounds refer to this rule (the
+TreeEnsemble contract). Every decoded point is re-predicted by the model; if one does not flip (a
+library that breaks exact ties differently, e.g. scikit-learn's gradient boosting at raw == 0, or
+solver round-off), the point is solved again with a guard M >= g of growing size (up to 1e-3 of
+the output scale), the retry is counted in `flags["guard_retries"]`, and the found distance may
+then exceed the certified bound.
 """
 from __future__ import annotations
 
@@ -41,8 +42,9 @@ from .base import AttackResult, MinimalAttack, finalize
 log = logging.getLogger(__name__)
 
 _F32_INF = np.float32(np.inf)
-# Margin guards (times the ensemble's output scale): 0 first, growing on retries.
+# Margin guards (times the ensemble's output scale) added on retries; strict flips need _STRICT_EPS.
 _GUARD_STEPS = (0.0, 1e-9, 1e-7, 1e-5, 1e-3)
+_STRICT_EPS = 1e-8
 _HIGHS_TOL = {"mip_feasibility_tolerance": 1e-9, "primal_feasibility_tolerance": 1e-9}
 
 
@@ -59,16 +61,17 @@ def _prev32(v: Any) -> np.float32:
 # ----------------------------------------------------------------------------------------
 @dataclass
 class _Target:
-    """M(x) = c0 + sum_t w_t[leaf_t(x)]: the decision leaves class y for class k when M > 0 (or M = 0, tie)."""
+    """M(x) = c0 + sum_t w_t[leaf_t(x)]: the decision leaves y for k iff M >= 0 (tie_ok) or M > 0."""
 
     k: int
     y: int
+    tie_ok: bool
     w: list[np.ndarray]  # per tree, per node (zeros at internal nodes); already divided by T for "mean"
     c0: float
     scale: float
 
     def guard(self, level: int) -> float:
-        return _GUARD_STEPS[level] * self.scale
+        return ((0.0 if self.tie_ok else _STRICT_EPS) + _GUARD_STEPS[level]) * self.scale
 
 
 def _targets(ens: TreeEnsemble, y: int) -> list[_Target]:
@@ -79,17 +82,17 @@ def _targets(ens: TreeEnsemble, y: int) -> list[_Target]:
         bias = np.full(ens.n_outputs, bias[0])
     if ens.n_outputs == 1:
         sign = -1.0 if y == 1 else 1.0
-        specs = [(1 - y, [sign * t.value[:, 0] / agg for t in ens.trees], sign * float(bias[0]))]
+        specs = [(1 - y, y == 1, [sign * t.value[:, 0] / agg for t in ens.trees], sign * float(bias[0]))]
     else:
         specs = []
         for k in range(ens.n_outputs):
             if k == y:
                 continue
-            specs.append((k, [(t.value[:, k] - t.value[:, y]) / agg for t in ens.trees], float(bias[k] - bias[y])))
+            specs.append((k, k < y, [(t.value[:, k] - t.value[:, y]) / agg for t in ens.trees], float(bias[k] - bias[y])))
     out = []
-    for k, w, c0 in specs:
+    for k, tie_ok, w, c0 in specs:
         scale = abs(c0) + sum(float(np.abs(wt[t.is_leaf]).max()) for wt, t in zip(w, ens.trees))
-        out.append(_Target(k=k, y=y, w=w, c0=c0, scale=max(scale, 1e-300)))
+        out.append(_Target(k=k, y=y, tie_ok=bool(tie_ok), w=w, c0=c0, scale=max(scale, 1e-300)))
     return out
 
 
@@ -541,12 +544,14 @@ class _MilpStructure:
         if norm == "linf":
             c[self.b_col] = 1.0
         else:
-            ub[self.b_col] = 0.0
+            # b is fixed to 1 and carries the constant, so HiGHS sees (and gaps) the true distance
+            lb[self.b_col] = ub[self.b_col] = 1.0
+            c[self.b_col] = sigma * const
         cons = [LinearConstraint(self.A, self.A_lo, self.A_hi), LinearConstraint(self.margin_row, guard - self.c0, np.inf)]
         if row:
             cons.append(LinearConstraint(sp.csr_matrix((extra_vals, (extra_rows, extra_cols)), shape=(row, self.n_var)), np.asarray(extra_lo), np.inf))
         if norm != "linf" and np.isfinite(ucost):
-            cons.append(LinearConstraint(sp.csr_matrix(c[None, :]), -np.inf, sigma * (ucost - const) + 1e-9))
+            cons.append(LinearConstraint(sp.csr_matrix(c[None, :]), -np.inf, sigma * ucost + 1e-9))
         # HiGHS' presolve does not stop at the time limit (about 1 s on 3000 columns), so skip it when time is short
         opts = {"time_limit": max(float(time_limit), 1e-3), "mip_rel_gap": rel_gap, "presolve": bool(time_limit >= 2.0), "mip_abs_gap": 1e-9, **_HIGHS_TOL}
         with warnings.catch_warnings():
@@ -554,7 +559,7 @@ class _MilpStructure:
             res = milp(c, constraints=cons, integrality=self.integrality, bounds=Bounds(lb, ub), options=opts)
 
         def to_dist(v: float) -> float:
-            v = v / sigma + (const if norm != "linf" else 0.0)
+            v = v / sigma
             return float(np.sqrt(max(v, 0.0))) if sq else float(max(v, 0.0))
 
         if res.status == 2:
@@ -920,7 +925,7 @@ class VeritasLinf(MinimalAttack):
 
         def query(delta: float) -> tuple[str, np.ndarray | None, bool]:
             """("adv", point) / ("none", None) / ("unknown", None) at radius delta, and whether a
-            "none" is certified for ties too (every target answered at guard 0)."""
+            "none" is certified (every target answered without a raised guard)."""
             quick = search.within(delta)
             if quick is not None:
                 return "adv", quick, False
@@ -964,7 +969,7 @@ class VeritasLinf(MinimalAttack):
             else:
                 undecided = True
                 break
-        # no adversarial (ties included) within any radius below C[lo_cert]; C[0] is the cheapest move
+        # no adversarial within any radius below C[lo_cert]; C[0] is the cheapest move
         out.lower = min(float(C[lo_cert]) if lo_cert < C.size else np.inf, out.dist)
         if undecided:
             out.timed_out = True
