@@ -37,12 +37,12 @@ _SPECS: dict[str, ModelSpec] = {
     s.name: s
     for s in [
         ModelSpec(
-            "mlp", "mlp", _MLP, {"hidden": [128, 128], "activation": "relu", "epochs": 200, "lr": 1e-3, "weight_decay": 1e-4},
-            {"summary": "ReLU MLP, 2 hidden layers of 128, AdamW, cross-entropy.", "reference": "baseline"},
+            "mlp", "mlp", _MLP, {"hidden": [128, 128], "activation": "relu", "epochs": 100, "lr": 1e-3, "weight_decay": 1e-4},
+            {"summary": "ReLU MLP, 2 hidden layers of 128, AdamW, cross-entropy, 100 epochs.", "reference": "baseline"},
         ),
         ModelSpec(
             "mlp-grokalign", "mlp-grokalign", _GROK,
-            {"hidden": [128, 128], "activation": "relu", "epochs": 200, "lr": 1e-3, "weight_decay": 1e-4, "lam": 0.1, "offset": True},
+            {"hidden": [128, 128], "activation": "relu", "epochs": 100, "lr": 1e-3, "weight_decay": 1e-4, "lam": 0.1, "offset": True},
             {
                 "summary": "The same MLP trained with the GrokAlign Jacobian regulariser (lambda=0.1, with offset term).",
                 "reference": "Walker et al., GrokAlign (arXiv 2506.12284); 'The Geometric Structure of Models Learning Sparse Data' (arXiv 2605.08464)",
@@ -71,8 +71,13 @@ _SPECS: dict[str, ModelSpec] = {
             {"summary": "Larger XGBoost: 100 rounds of depth-6 trees.", "reference": "Chen & Guestrin, KDD 2016"},
         ),
         ModelSpec(
-            "rf", "random-forest", _RF, {"n_estimators": 50, "max_depth": 6},
-            {"summary": "Random forest, 50 trees of depth <= 6 (scikit-learn).", "reference": "Breiman, Machine Learning 45 (2001)"},
+            "rf", "random-forest", _RF, {"n_estimators": 30, "max_depth": 5},
+            {"summary": "Random forest, 30 trees of depth <= 5 (scikit-learn).", "reference": "Breiman, Machine Learning 45 (2001)"},
+        ),
+        ModelSpec(
+            "rf-large", "random-forest", _RF, {"n_estimators": 100, "max_depth": 8},
+            {"summary": "Random forest, 100 trees of depth <= 8 (exact L2/L1 attacks get slow: raise attack_time_limit).",
+             "reference": "Breiman, Machine Learning 45 (2001)"},
         ),
         ModelSpec(
             "gbdt", "gradient-boosting", _GB, {"n_estimators": 50, "max_depth": 3},

@@ -42,8 +42,8 @@ class Plan:
     datasets: list[str] = field(default_factory=lambda: list(DEFAULT_DATASETS))
     threats: list[str] = field(default_factory=lambda: list(DEFAULT_THREATS))
     seeds: list[int] = field(default_factory=lambda: [0])
-    points: int = 40
-    attack_time_limit: float = 10.0
+    points: int = 30
+    attack_time_limit: float = 3.0
     attack_effort: str = "default"
     model_params: dict[str, dict[str, Any]] = field(default_factory=dict)
     dataset_params: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -397,8 +397,8 @@ def run_plan(plan: Plan, store_path: str | os.PathLike, *, cache_dir: str | None
     return {"jobs": len(todo), "skipped": skipped, "runs_written": written, "runs_failed": failed, "seconds": time.perf_counter() - t0}
 
 
-def evaluate(model: Any, dataset: str, *, threats: Iterable[str] = ("linf", "l2"), points: int = 40, seed: int = 0,
-             name: str | None = None, store: str | os.PathLike | None = None, attack_time_limit: float = 10.0,
+def evaluate(model: Any, dataset: str, *, threats: Iterable[str] = ("linf", "l2"), points: int = 30, seed: int = 0,
+             name: str | None = None, store: str | os.PathLike | None = None, attack_time_limit: float = 3.0,
              dataset_params: dict[str, Any] | None = None) -> "Any":
     """Evaluate one model (a registry name, or any object `wrap` accepts) on one dataset.
 
