@@ -1,0 +1,1 @@
+"""Reproductions of published claims with the suite's own models, losses and metrics."""
