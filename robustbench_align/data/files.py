@@ -14,7 +14,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..errors import DataError
-from .tabular import DEFAULT_TEST_SIZE, Dataset, build_dataset, short_list
+from .tabular import DEFAULT_TEST_SIZE, Dataset, build_dataset, one_line, short_list
 
 TARGET_CANDIDATES = ("target", "label", "class", "y")
 FORMATS = ("csv", "parquet")
@@ -27,13 +27,17 @@ def read_table(kind: str, path: str | os.PathLike) -> Any:
     if kind not in FORMATS:
         raise DataError(f"unknown table format {kind!r}; use one of {', '.join(FORMATS)}")
     p = Path(os.path.expanduser(str(path)))
-    who = f"{kind}:{path}"
+    who = one_line(f"{kind}:{path}")
     if not str(path):
         raise DataError(f"{kind}: no path given; write {kind}:<path to the file>")
     if not p.is_file():
-        raise DataError(f"{who}: no such file ({p.resolve()})")
+        raise DataError(f"{who}: no such file ({one_line(p.resolve())})")
     try:
         if kind == "csv":
+            header = _csv_header(p)
+            dup = sorted({c for c in header if header.count(c) > 1})
+            if dup:
+                raise DataError(f"{who}: duplicate column names {short_list(dup)}; rename them")
             frame = pd.read_csv(p)
         else:
             try:
@@ -49,6 +53,17 @@ def read_table(kind: str, path: str | os.PathLike) -> Any:
     if frame.shape[0] == 0:
         raise DataError(f"{who}: the table has no rows")
     return frame
+
+
+def _csv_header(path: Path) -> list[str]:
+    """The raw names in a CSV file's first record (pandas renames duplicates to a.1, so look first)."""
+    import csv
+
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as fh:
+            return next(csv.reader(fh), [])
+    except (OSError, UnicodeDecodeError, csv.Error):
+        return []  # pandas reports the problem with the file itself
 
 
 def find_target(columns: Sequence[str], who: str, target: str | None = None) -> str:
@@ -88,7 +103,7 @@ def load_table(
     """
     import pandas as pd
 
-    who = f"{kind}:{path}"
+    who = one_line(f"{kind}:{path}")
     frame = read_table(kind, path)
     frame.columns = [str(c) for c in frame.columns]
     if len(set(frame.columns)) != len(frame.columns):

@@ -71,9 +71,21 @@ class Dataset:
         return h.hexdigest()[:16]
 
 
+def one_line(value: Any) -> str:
+    """`value` as text that stays on one line: control characters (newline, tab, ...) become escapes.
+
+    Column names, labels and paths come from user files and may hold line breaks; error messages
+    must stay single-line (the CLI prints one line), so names are shown escaped.
+    """
+    s = str(value)
+    if s.isprintable():
+        return s
+    return "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in s)
+
+
 def short_list(items: Sequence[Any], limit: int = _LIST_LIMIT) -> str:
-    """Comma-joined names for an error message, cut after `limit` with a count of the rest."""
-    items = [str(i) for i in items]
+    """Comma-joined names for an error message (one line; empty names as ''), cut after `limit`."""
+    items = [one_line(i) if str(i) != "" else "''" for i in items]
     if len(items) <= limit:
         return ", ".join(items)
     return ", ".join(items[:limit]) + f", ... ({len(items) - limit} more)"
@@ -126,7 +138,7 @@ def encode_labels(y: Any, who: str, class_names: Sequence[str] | None = None) ->
     except TypeError:
         values, codes = np.unique(y.astype(str), return_inverse=True)
     if values.size < 2:
-        raise DataError(f"{who}: only one class ({_label_name(values[0])!s}) in the labels; a classifier needs at least two")
+        raise DataError(f"{who}: only one class ({one_line(_label_name(values[0]))}) in the labels; a classifier needs at least two")
     if class_names is not None and values.dtype.kind in "iu" and len(class_names) >= values.size \
             and np.array_equal(values, np.arange(values.size)):
         names = [str(class_names[int(v)]) for v in values]
@@ -182,12 +194,51 @@ def stratified_split(y: np.ndarray, test_size: float, seed: int, who: str = "dat
 
 
 def fit_standardizer(X_train: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per-column mean and std (ddof=0) of the training rows; constant columns get std 1."""
-    mean = X_train.mean(axis=0)
-    std = X_train.std(axis=0)
-    constant = std <= 1e-12 * np.maximum(1.0, np.abs(mean))
-    std = np.where(constant, 1.0, std)
+    """Per-column mean and std (ddof=0) of the training rows; constant columns get std 1.
+
+    Columns constant only up to rounding (relative spread below 1e-12 but not zero) are divided
+    by max(1, |mean|) instead, so their rounding noise stays below 1e-12 after scaling even at
+    magnitudes like 1e30. Columns whose plain sums overflow float64 (magnitudes near 1e308) are
+    measured on the column divided by its largest magnitude, so the statistics stay finite.
+    """
+    with np.errstate(over="ignore", invalid="ignore"):
+        mean = X_train.mean(axis=0)
+        std = X_train.std(axis=0)
+    bad = ~(np.isfinite(mean) & np.isfinite(std))
+    if bad.any():
+        scale = np.max(np.abs(X_train[:, bad]), axis=0)
+        scale = np.where(scale > 0, scale, 1.0)
+        Z = X_train[:, bad] / scale
+        mean[bad] = Z.mean(axis=0) * scale
+        std[bad] = Z.std(axis=0) * scale
+    unit = np.maximum(1.0, np.abs(mean))
+    constant = std <= 1e-12 * unit
+    std = np.where(constant, np.where(std == 0, 1.0, unit), std)
     return mean, std
+
+
+def apply_standardizer(X: np.ndarray, mean: np.ndarray, std: np.ndarray, who: str,
+                       feature_names: Sequence[str] | None = None, part: str = "rows") -> np.ndarray:
+    """(X - mean) / std, finite or DataError naming the columns that overflow float64.
+
+    Entries whose plain difference overflows are recomputed in units of max(|mean|, std); what
+    is still not finite (a value astronomically far from the training spread) is refused.
+    """
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        Z = (X - mean) / std
+        bad = ~np.isfinite(Z)
+        if bad.any():
+            unit = np.maximum(np.abs(mean), std)
+            Z = np.where(bad, (X / unit - mean / unit) / (std / unit), Z)
+    bad = ~np.isfinite(Z)
+    if bad.any():
+        cols = np.flatnonzero(bad.any(axis=0))
+        names = [feature_names[c] if feature_names is not None else str(c) for c in cols]
+        raise DataError(
+            f"{who}: standardising the {part} with the training rows' mean/std overflows float64 in columns "
+            f"{short_list(names)}; rescale those columns or pass standardize=False"
+        )
+    return Z
 
 
 def build_dataset(
@@ -222,8 +273,8 @@ def build_dataset(
     mean = std = None
     if standardize:
         mean, std = fit_standardizer(X_train)
-        X_train = (X_train - mean) / std
-        X_test = (X_test - mean) / std
+        X_train = apply_standardizer(X_train, mean, std, who, names, "training rows")
+        X_test = apply_standardizer(X_test, mean, std, who, names, "test rows")
     info = dict(meta or {})
     info.update({
         "seed": int(seed), "test_size": test_size, "standardize": bool(standardize), "mean": mean, "std": std,

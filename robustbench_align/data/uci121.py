@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import DataError
-from .tabular import Dataset, check_finite_features, encode_labels, fit_standardizer, short_list
+from .tabular import Dataset, apply_standardizer, check_finite_features, encode_labels, fit_standardizer, short_list
 
 log = logging.getLogger(__name__)
 
@@ -224,8 +224,10 @@ def load_uci121(
     mean = std = None
     if standardize:
         mean, std = fit_standardizer(X_train)
-        X_train, X_test = (X_train - mean) / std, (X_test - mean) / std
-        X_val = None if X_val is None else (X_val - mean) / std
+        feats = list(table.feature_names)
+        X_train = apply_standardizer(X_train, mean, std, who, feats, "training rows")
+        X_test = apply_standardizer(X_test, mean, std, who, feats, "test rows")
+        X_val = None if X_val is None else apply_standardizer(X_val, mean, std, who, feats, "validation rows")
     missing = [cls[c] for c in range(k) if not np.any(codes[tr] == c)]
     if missing:
         log.warning("%s fold %d: classes %s have no training rows", who, fold, ", ".join(missing))

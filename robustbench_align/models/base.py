@@ -16,12 +16,31 @@ from ..errors import DataError, ModelError
 CAPABILITIES = ("predict_proba", "torch_logits", "tree_ensemble")
 
 
+MAX_FEATURES = 10_000_000  # a sanity bound on declared input widths (a probe row of this size is 80 MB)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0]}" if text else type(exc).__name__
+
+
+def _who(name: Any) -> str:
+    """A model name as it appears in an error message: on one line (control characters escaped)."""
+    s = str(name)
+    return s if s.isprintable() else "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in s)
+
+
 def check_features(X: Any, n_features: int, who: str = "model") -> np.ndarray:
     """Return X as a 2-D float64 array, or raise ModelError naming the width/finite problem."""
+    who = _who(who)
     try:
+        if np.iscomplexobj(X):
+            raise ModelError(f"{who}: X is complex; pass real-valued features")
         X = np.asarray(X, dtype=np.float64)
     except (TypeError, ValueError) as exc:
-        raise ModelError(f"{who}: X must be numeric, got {type(X).__name__} ({exc}); convert it to a float array") from None
+        if isinstance(exc, ModelError):
+            raise
+        raise ModelError(f"{who}: X must be numeric, got {type(X).__name__} ({_first_line(exc)}); convert it to a float array") from None
     if X.ndim == 1:
         X = X.reshape(1, -1)
     if X.ndim != 2:
@@ -37,6 +56,7 @@ def check_features(X: Any, n_features: int, who: str = "model") -> np.ndarray:
 
 def check_labels(y: Any, n_samples: int, who: str = "fit") -> tuple[np.ndarray, int]:
     """Validate integer class labels 0..K-1; return (y as int64, K). Raises DataError."""
+    who = _who(who)
     y = np.asarray(y)
     if y.ndim != 1 or y.shape[0] != n_samples:
         raise DataError(f"{who}: y must be 1-D with {n_samples} labels, got shape {y.shape}")
@@ -239,28 +259,62 @@ class TreeEnsemble:
 # ----------------------------------------------------------------------------------------
 # Generic wrappers
 # ----------------------------------------------------------------------------------------
+def _check_width(value: Any, who: str) -> int:
+    """A declared input width: an integer in 1..MAX_FEATURES, else ModelError."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or not 1 <= int(value) <= MAX_FEATURES:
+        raise ModelError(f"{_who(who)}: n_features must be an integer in 1..{MAX_FEATURES}, got {value!r}")
+    return int(value)
+
+
+def _check_n_classes(value: Any, who: str) -> int:
+    """A declared number of classes: an integer >= 2, else ModelError."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or int(value) < 2:
+        raise ModelError(f"{_who(who)}: n_classes must be an integer >= 2 (one output per class), got {value!r}")
+    return int(value)
+
+
+def softmax_rows(z: np.ndarray) -> np.ndarray:
+    """Row-wise softmax that also handles +inf logits (the mass goes to the +inf entries)."""
+    z = np.asarray(z, dtype=np.float64)
+    top = z.max(axis=1, keepdims=True)
+    with np.errstate(invalid="ignore", over="ignore"):
+        e = np.exp(z - top)
+    inf_rows = np.isposinf(top[:, 0])
+    if inf_rows.any():
+        e[inf_rows] = np.isposinf(z[inf_rows]).astype(np.float64)
+    return e / e.sum(axis=1, keepdims=True)
+
+
 class TorchModel(Model):
     """A torch `nn.Module` mapping (n, d) inputs to (n, c) logits."""
 
     def __init__(self, module: Any, n_features: int, n_classes: int | None = None, name: str = "torch-model", dtype: Any = None):
         import torch
 
+        self.name = str(name)
+        self._d = _check_width(n_features, self.name)
+        if n_classes is not None:
+            n_classes = _check_n_classes(n_classes, self.name)
         self.module = module.eval()
-        self._d = int(n_features)
         if dtype is None:
             params = list(module.parameters())
             dtype = params[0].dtype if params else torch.float32
         self.torch_dtype = dtype
-        self.name = name
-        if n_classes is None:
+        try:
             with torch.no_grad():
                 out = self.module(torch.zeros(1, self._d, dtype=dtype))
-            if out.ndim != 2:
-                raise ModelError(f"{name}: module must return (n, n_classes) logits, got shape {tuple(out.shape)}")
-            n_classes = int(out.shape[1])
-        if n_classes < 2:
-            raise ModelError(f"{name}: module returns {n_classes} output; wrap a module with one logit per class (>= 2)")
-        self._c = int(n_classes)
+        except Exception as exc:  # noqa: BLE001 - any failure of the user's module becomes one clear line
+            raise ModelError(
+                f"{_who(self.name)}: the module fails on a (1, {self._d}) input ({_first_line(exc)}); check n_features and the module"
+            ) from exc
+        if not isinstance(out, torch.Tensor) or out.ndim != 2:
+            shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+            raise ModelError(f"{_who(self.name)}: module must return (n, n_classes) logits, got {shape}")
+        if out.shape[1] < 2:
+            raise ModelError(f"{_who(self.name)}: module returns {int(out.shape[1])} output; wrap a module with one logit per class (>= 2)")
+        if n_classes is not None and n_classes != int(out.shape[1]):
+            raise ModelError(f"{_who(self.name)}: n_classes={n_classes} but the module returns {int(out.shape[1])} logits")
+        self._c = int(out.shape[1])
 
     @property
     def n_features(self) -> int:
@@ -274,18 +328,27 @@ class TorchModel(Model):
         return self.module(x.to(self.torch_dtype))
 
     def predict_logits(self, X: np.ndarray) -> np.ndarray:
+        """Logits as float64 (n, c); ModelError when the module fails or returns NaN."""
         import torch
 
         X = self._check_X(X)
-        with torch.no_grad():
-            out = self.torch_logits(torch.as_tensor(X, dtype=self.torch_dtype))
-        return out.double().numpy()
+        try:
+            with torch.no_grad():
+                out = self.torch_logits(torch.as_tensor(X, dtype=self.torch_dtype))
+        except Exception as exc:  # noqa: BLE001 - the user's module failing is reported on one line
+            raise ModelError(f"{_who(self.name)}: the module failed on X of shape {X.shape} ({_first_line(exc)})") from exc
+        z = out.detach().double().cpu().numpy()
+        if z.shape != (X.shape[0], self._c):
+            raise ModelError(f"{_who(self.name)}: module returned shape {z.shape}, expected {(X.shape[0], self._c)}")
+        if np.isnan(z).any():
+            raise ModelError(
+                f"{_who(self.name)}: module returned NaN logits for {int(np.isnan(z).any(axis=1).sum())} of {z.shape[0]} rows; "
+                "check the module's weights and the input scale"
+            )
+        return z
 
     def predict_proba(self, X: np.ndarray) -> np.ndarray:
-        z = self.predict_logits(X)
-        z = z - z.max(axis=1, keepdims=True)
-        e = np.exp(z)
-        return e / e.sum(axis=1, keepdims=True)
+        return softmax_rows(self.predict_logits(X))
 
     def predict(self, X: np.ndarray) -> np.ndarray:
         return np.argmax(self.predict_logits(X), axis=1)
@@ -296,14 +359,24 @@ class ProbaModel(Model):
 
     def __init__(self, fn: Callable[[np.ndarray], np.ndarray], n_features: int, n_classes: int | None = None, name: str = "black-box"):
         self._fn = fn
-        self._d = int(n_features)
-        self.name = name
+        self.name = str(name)
+        self._d = _check_width(n_features, self.name)
         if n_classes is None:
-            p = np.asarray(fn(np.zeros((1, self._d))))
+            p = self._call(np.zeros((1, self._d)))
             if p.ndim != 2 or p.shape[1] < 2:
-                raise ModelError(f"{name}: callable must return (n, n_classes>=2) probabilities, got shape {p.shape}")
+                raise ModelError(f"{_who(self.name)}: callable must return (n, n_classes>=2) probabilities, got shape {p.shape}")
             n_classes = p.shape[1]
-        self._c = int(n_classes)
+        self._c = _check_n_classes(n_classes, self.name)
+
+    def _call(self, X: np.ndarray) -> np.ndarray:
+        try:
+            out = self._fn(X)
+        except Exception as exc:  # noqa: BLE001 - the user's callable failing is reported on one line
+            raise ModelError(f"{_who(self.name)}: the predict_proba callable failed on X of shape {X.shape} ({_first_line(exc)})") from exc
+        try:
+            return np.asarray(out, dtype=np.float64)
+        except (TypeError, ValueError) as exc:
+            raise ModelError(f"{_who(self.name)}: the predict_proba callable returned a {type(out).__name__} that is not numeric ({_first_line(exc)})") from None
 
     @property
     def n_features(self) -> int:
@@ -315,9 +388,14 @@ class ProbaModel(Model):
 
     def predict_proba(self, X: np.ndarray) -> np.ndarray:
         X = self._check_X(X)
-        p = np.asarray(self._fn(X), dtype=np.float64)
+        p = self._call(X)
         if p.shape != (X.shape[0], self._c):
-            raise ModelError(f"{self.name}: predict_proba returned shape {p.shape}, expected {(X.shape[0], self._c)}")
+            raise ModelError(f"{_who(self.name)}: predict_proba returned shape {p.shape}, expected {(X.shape[0], self._c)}")
+        if not np.all(np.isfinite(p)):
+            raise ModelError(
+                f"{_who(self.name)}: predict_proba returned NaN or inf for {int((~np.isfinite(p)).any(axis=1).sum())} of {p.shape[0]} rows; "
+                "a black box must return finite probabilities"
+            )
         return p
 
 
@@ -338,6 +416,8 @@ def wrap(obj: Any, *, n_features: int | None = None, n_classes: int | None = Non
     """
     if isinstance(obj, Model):
         return obj
+    if name is not None:
+        name = str(name)
     mod = type(obj).__module__ or ""
     try:
         import torch.nn as nn
@@ -346,7 +426,7 @@ def wrap(obj: Any, *, n_features: int | None = None, n_classes: int | None = Non
     except ImportError:  # pragma: no cover
         is_torch = False
     if is_torch:
-        d = n_features or _infer_in_features(obj)
+        d = n_features if n_features is not None else _infer_in_features(obj)
         if d is None:
             raise ModelError("wrap: cannot infer the input width of this torch module; pass n_features=")
         return TorchModel(obj, d, n_classes, name=name or type(obj).__name__)

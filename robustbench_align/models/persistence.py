@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -18,6 +19,8 @@ from typing import Any
 
 from ..errors import ModelError
 from .base import Model
+
+log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
 MANIFEST = "model.json"
@@ -44,10 +47,25 @@ def _looks_like_pickle(path: Path) -> bool:
     if path.suffix.lower() in _PICKLE_SUFFIXES:
         return True
     try:
-        head = path.open("rb").read(2)
+        with path.open("rb") as fh:
+            head = fh.read(2)
     except OSError:
         return False
     return len(head) == 2 and head[0] == 0x80 and 2 <= head[1] <= 5
+
+
+def _one_line(exc: BaseException) -> str:
+    """`Type: first line of the message`, so errors from libraries fit the one-line contract."""
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0]}" if text else type(exc).__name__
+
+
+def _read_json(path: Path, who: str) -> Any:
+    """Parse a JSON file; ModelError (one line) for unreadable, non-UTF-8, malformed or absurdly nested files."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError, RecursionError, OSError) as exc:
+        raise ModelError(f"{who}: not a readable JSON file ({_one_line(exc)})") from None
 
 
 def save_model(model: Any, directory: str | os.PathLike, *, extra: dict[str, Any] | None = None) -> Path:
@@ -101,6 +119,8 @@ def load_model(path: str | os.PathLike, *, trust_pickle: bool = False, name: str
         raise ModelError(f"model path {str(path)!r} does not exist")
     if path.is_dir():
         return _load_dir(path, name)
+    if not path.is_file():
+        raise ModelError(f"model path {str(path)!r} is not a regular file or a directory")
     if _looks_like_pickle(path):
         if not trust_pickle:
             raise ModelError(
@@ -123,34 +143,38 @@ def load_model(path: str | os.PathLike, *, trust_pickle: bool = False, name: str
 
 def _load_dir(path: Path, name: str | None) -> Model:
     mf = path / MANIFEST
-    if not mf.exists():
+    who = repr(str(mf))
+    if not mf.is_file():
         raise ModelError(f"{str(path)!r} is not a saved model: {MANIFEST} is missing")
-    try:
-        manifest = json.loads(mf.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ModelError(f"{mf}: not valid JSON ({exc.msg if hasattr(exc, 'msg') else exc})") from None
+    manifest = _read_json(mf, who)
     if not isinstance(manifest, dict) or manifest.get("format_version") != FORMAT_VERSION:
-        raise ModelError(f"{mf}: unsupported format version {manifest.get('format_version') if isinstance(manifest, dict) else None!r}; re-save the model with this version")
+        version = manifest.get("format_version") if isinstance(manifest, dict) else None
+        raise ModelError(f"{who}: unsupported format version {version!r}; re-save the model with this version")
     cls_path = manifest.get("class")
-    if cls_path not in ALLOWED_CLASSES:
-        raise ModelError(f"{mf}: class {cls_path!r} is not an allowed model class")
+    if not isinstance(cls_path, str) or cls_path not in ALLOWED_CLASSES:
+        raise ModelError(f"{who}: class {cls_path!r} is not an allowed model class")
     mod, _, attr = cls_path.partition(":")
     import importlib
 
     cls = getattr(importlib.import_module(mod), attr)
     params = manifest.get("params") or {}
-    if not isinstance(params, dict):
-        raise ModelError(f"{mf}: 'params' must be an object")
+    if not isinstance(params, dict) or not all(isinstance(k, str) for k in params):
+        raise ModelError(f"{who}: 'params' must be an object")
+    extra = manifest.get("extra") or {}
+    if not isinstance(extra, dict):
+        raise ModelError(f"{who}: 'extra' must be an object")
     try:
         model = cls._load_state(path, params)
-    except ModelError:
+    except ModelError as exc:
+        if len(str(exc).splitlines()) > 1:
+            raise ModelError(str(exc).splitlines()[0]) from None
         raise
-    except Exception as exc:  # corrupted state files
-        raise ModelError(f"cannot load model state from {str(path)!r}: {type(exc).__name__}: {exc}") from None
-    model.name = name or manifest.get("name") or attr
+    except Exception as exc:  # noqa: BLE001 - corrupted or planted state files (torch refuses pickles with UnpicklingError)
+        raise ModelError(f"cannot load model state from {str(path)!r} ({_one_line(exc)}); re-save or refit the model") from None
+    model.name = str(name or manifest.get("name") or attr)
     if manifest.get("family"):
-        model.family = manifest["family"]
-    model.saved_extra_ = manifest.get("extra") or {}
+        model.family = str(manifest["family"])
+    model.saved_extra_ = extra
     return model
 
 
@@ -159,10 +183,7 @@ def _load_xgboost_json(path: Path, name: str | None) -> Model:
         import xgboost as xgb
     except ImportError:  # pragma: no cover
         raise ModelError("loading an XGBoost model needs xgboost: pip install xgboost-cpu") from None
-    try:
-        doc = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ModelError(f"{path.name}: not valid JSON ({exc})") from None
+    doc = _read_json(path, repr(path.name))
     if not isinstance(doc, dict) or "learner" not in doc:
         raise ModelError(f"{path.name}: not an XGBoost model JSON (no 'learner' key); save it with booster.save_model('model.json')")
     from .trees import tree_ensemble_from_json, wrap_xgboost
@@ -171,8 +192,8 @@ def _load_xgboost_json(path: Path, name: str | None) -> Model:
     booster = xgb.Booster()
     try:
         booster.load_model(str(path))
-    except Exception as exc:
-        raise ModelError(f"{path.name}: XGBoost could not load it ({str(exc).splitlines()[0]})") from None
+    except Exception as exc:  # noqa: BLE001 - XGBoostError and friends, one line
+        raise ModelError(f"{path.name!r}: XGBoost could not load it ({_one_line(exc)})") from None
     model = wrap_xgboost(booster, name=name or path.stem)
     if ens.n_features != model.n_features:
         raise ModelError(f"{path.name}: inconsistent feature count in the model JSON")
@@ -186,18 +207,55 @@ def _load_skops(path: Path, name: str | None) -> Model:
         raise ModelError("loading a .skops model needs skops: pip install skops") from None
     from .base import wrap
 
-    try:
-        untrusted = sio.get_untrusted_types(file=str(path))
-    except Exception as exc:
-        raise ModelError(f"{path.name}: not a readable skops file ({type(exc).__name__})") from None
-    bad = [t for t in untrusted if not (t.startswith("sklearn.") or t.startswith("numpy.") or t.startswith("builtins."))]
-    if bad:
-        raise ModelError(f"{path.name}: refusing to load: it contains non-scikit-learn types {', '.join(bad[:5])}")
+    untrusted = skops_trusted_types(path)
     try:
         est = sio.load(str(path), trusted=untrusted)
-    except Exception as exc:
-        raise ModelError(f"{path.name}: skops could not load it ({type(exc).__name__}: {exc})") from None
+    except Exception as exc:  # noqa: BLE001
+        raise ModelError(f"{path.name!r}: skops could not load it ({_one_line(exc)})") from None
     return wrap(est, name=name or path.stem)
+
+
+def skops_trusted_types(path: str | os.PathLike) -> list[str]:
+    """The types to pass as `trusted=` when loading the skops file at `path`, after vetting them.
+
+    skops reports the names it does not trust by default; each must be a class defined in
+    scikit-learn, else ModelError (one line). Functions such as `builtins.exec` or `numpy.load`
+    are refused: skops calls the objects a file names, so trusting them would run code.
+    """
+    import skops.io as sio
+
+    path = Path(path)
+    try:
+        untrusted = sio.get_untrusted_types(file=str(path))
+    except Exception as exc:  # noqa: BLE001 - not a zip, no schema, malformed schema ...
+        raise ModelError(f"{path.name!r}: not a readable skops file ({type(exc).__name__})") from None
+    bad = [t for t in untrusted if not _trusted_sklearn_class(t)]
+    if bad:
+        raise ModelError(
+            f"{path.name!r}: refusing to load: it references {', '.join(map(repr, bad[:5]))}, which are not scikit-learn classes "
+            "(only skops' default types and scikit-learn classes are trusted)"
+        )
+    return list(untrusted)
+
+
+def _trusted_sklearn_class(type_name: str) -> bool:
+    """True for 'sklearn.<module>.<Class>' naming a class defined in scikit-learn.
+
+    skops lets a file name any importable object and calls it (its "constructor from reduce"
+    node), so trusting a name prefix would trust functions such as `builtins.exec` or
+    `numpy.load` (which unpickles with allow_pickle=True). Only classes defined in scikit-learn
+    itself are accepted beyond skops' own default-trusted types.
+    """
+    import importlib
+
+    if not isinstance(type_name, str) or not type_name.startswith("sklearn."):
+        return False
+    module, _, attr = type_name.rpartition(".")
+    try:
+        obj = getattr(importlib.import_module(module), attr)
+    except Exception:  # noqa: BLE001 - a name that does not resolve is not trusted
+        return False
+    return isinstance(obj, type) and str(getattr(obj, "__module__", "")).startswith("sklearn.")
 
 
 def params_hash(spec_name: str, params: dict[str, Any]) -> str:
@@ -229,8 +287,10 @@ def fit_cached(spec_name: str, dataset: Any, seed: int, cache_root: str | os.Pat
             try:
                 model = load_model(where, name=spec_name)
                 model.family = getattr(est, "family", None)
-                return model, True, float(model.saved_extra_.get("fit_time", float("nan")))
-            except ModelError:
+                fit_time = model.saved_extra_.get("fit_time")
+                return model, True, float(fit_time) if isinstance(fit_time, (int, float)) and not isinstance(fit_time, bool) else float("nan")
+            except ModelError as exc:
+                log.warning("cached fit %s is unusable (%s); refitting", where, exc)
                 shutil.rmtree(where, ignore_errors=True)
     fit_kw: dict[str, Any] = {}
     if dataset.X_val is not None and _accepts_val(est):

@@ -83,11 +83,10 @@ class Plan:
                 raise ConfigError(
                     f"unknown dataset {d!r} in plan; valid: {', '.join(sorted(known))}, uci121:<name>, csv:<path>, parquet:<path>"
                 )
-        for t in self.threats:
-            try:
-                get_threat_model(t)
-            except RBAError as exc:
-                raise ConfigError(f"plan: {exc}") from None
+        try:  # canonical names, so "LINF" and "linf" are one threat model in the store
+            self.threats = [get_threat_model(t).name for t in self.threats]
+        except RBAError as exc:
+            raise ConfigError(f"plan: {exc}") from None
         for s in self.seeds:
             if isinstance(s, bool) or not isinstance(s, int) or not 0 <= s <= SEED_MAX:
                 raise ConfigError(f"plan: seeds must be integers in 0..{SEED_MAX}, got {s!r}")

@@ -58,17 +58,70 @@ class RunRecord:
     points: list[dict[str, Any]]
 
 
-def _clean(v: Any) -> Any:
-    """SQLite-friendly scalar: numpy scalars to Python, NaN to NULL (inf is kept: SQLite stores it)."""
+class RecordError(StoreError, sqlite3.IntegrityError):
+    """A run record the store cannot hold (a required field missing, a point index repeated, ...).
+
+    Also an sqlite3.IntegrityError, the constraint failure it reports; the run was rolled back.
+    """
+
+
+_INT64 = (-(2**63), 2**63 - 1)
+
+
+def _jsonable(v: Any) -> Any:
+    """A copy of a nested value that json can encode: mapping keys as strings, numpy values as Python."""
+    if isinstance(v, dict):
+        return {k if isinstance(k, str) else str(k): _jsonable(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple, set, frozenset)):
+        items = sorted(v, key=repr) if isinstance(v, (set, frozenset)) else v
+        return [_jsonable(x) for x in items]
+    if hasattr(v, "tolist") and not isinstance(v, (str, bytes)):
+        return _jsonable(v.tolist())
+    return v
+
+
+JSON_COLUMNS = frozenset({"config", "versions", "attacks", "flags", "robust_at"})
+
+
+def _clean(v: Any, column: str = "value", as_json: bool = False) -> Any:
+    """SQLite-friendly scalar: numpy scalars to Python, NaN to NULL (inf is kept: SQLite stores it).
+
+    Containers (and every value of a JSON column, `as_json`) become JSON text, so what is read
+    back decodes; anything SQLite cannot hold exactly (integers beyond 64 bits, complex numbers,
+    arbitrary objects) raises StoreError naming the column, before any write.
+    """
     if v is None:
         return None
+    if as_json and not isinstance(v, (dict, list, tuple, set, frozenset)):
+        v = [v]  # encode through the container path, then unwrap the list
+        text = _clean(v, column)
+        return text[1:-1] if text not in ("[null]", "[NaN]") else None
     if hasattr(v, "item") and not isinstance(v, (str, bytes)):
-        v = v.item()
+        try:
+            v = v.item()
+        except (ValueError, TypeError):  # a numpy array of several values: store it as a JSON list
+            v = v.tolist() if hasattr(v, "tolist") else v
     if isinstance(v, float) and math.isnan(v):
         return None
-    if isinstance(v, (dict, list, tuple)):
-        return json.dumps(v, sort_keys=True, default=str)
-    return v
+    if isinstance(v, (dict, list, tuple, set, frozenset)):
+        try:
+            return json.dumps(_jsonable(v), sort_keys=True, default=str)
+        except (TypeError, ValueError, RecursionError) as exc:
+            raise StoreError(f"{column}: cannot be stored as JSON ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from None
+    if isinstance(v, bool):
+        return int(v)
+    if isinstance(v, int):
+        if not _INT64[0] <= v <= _INT64[1]:
+            raise StoreError(f"{column}: integer {v} is outside SQLite's 64-bit range")
+        return v
+    if isinstance(v, (float, str, bytes)):
+        return v
+    raise StoreError(f"{column}: a {type(v).__name__} cannot be stored; use numbers, text or JSON-able containers")
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0]}" if text else type(exc).__name__
 
 
 class Store:
@@ -79,10 +132,15 @@ class Store:
         self.readonly = readonly
         if readonly and not self.path.exists():
             raise StoreError(f"no store at {str(self.path)!r}; run `rba run` first or pass --store")
-        if self.path.exists():
-            self._check_header()
-        else:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+        if self.path.exists() and not self.path.is_file():
+            raise StoreError(f"{str(self.path)!r} is not a file; point --store at a result store file")
+        try:
+            if self.path.exists():
+                self._check_header()
+            else:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StoreError(f"cannot use {str(self.path)!r} as a result store ({_first_line(exc)})") from None
         try:
             uri = f"file:{self.path}?mode=ro" if readonly else str(self.path)
             self.conn = sqlite3.connect(uri, uri=readonly, timeout=30, isolation_level=None)
@@ -91,8 +149,8 @@ class Store:
                 self.conn.execute("PRAGMA journal_mode=WAL")
                 self.conn.execute("PRAGMA synchronous=NORMAL")
             self._init_schema()
-        except sqlite3.DatabaseError as exc:
-            raise StoreError(f"{str(self.path)!r} is not a usable result store ({exc}); point --store at another file or delete it") from None
+        except (sqlite3.Error, UnicodeDecodeError, ValueError) as exc:  # damaged header pages, undecodable text
+            raise StoreError(f"{str(self.path)!r} is not a usable result store ({_first_line(exc)}); point --store at another file or delete it") from None
 
     def _check_header(self) -> None:
         size = self.path.stat().st_size
@@ -122,7 +180,8 @@ class Store:
                 )
             ok = cur.execute("PRAGMA quick_check").fetchone()
             if not ok or ok[0] != "ok":
-                raise StoreError(f"{str(self.path)!r} is corrupted ({ok[0] if ok else 'no answer'}); restore it or delete it and re-run")
+                detail = " ".join(str(ok[0]).split()) if ok else "no answer"
+                raise StoreError(f"{str(self.path)!r} is corrupted ({detail[:200]}); restore it or delete it and re-run")
             return
         tables = cur.execute("SELECT name FROM sqlite_master WHERE type='table'").fetchall()
         if tables:
@@ -139,34 +198,71 @@ class Store:
         try:
             yield cur
         except BaseException:
-            cur.execute("ROLLBACK")
+            if self.conn.in_transaction:
+                cur.execute("ROLLBACK")
             raise
         cur.execute("COMMIT")
 
     def write(self, records: Iterable[RunRecord]) -> int:
-        """Insert runs with their points, each run atomically; an existing run_id is replaced."""
+        """Insert runs with their points, each run atomically; an existing run_id is replaced.
+
+        Every value is encoded before the transaction starts, so a run that cannot be stored
+        raises StoreError (RecordError for constraint failures) and leaves the store as it was.
+        """
+        if self.readonly:
+            raise StoreError(f"{str(self.path)!r} was opened read-only; open it without readonly=True to write")
         n = 0
         for rec in records:
-            run = {k: _clean(rec.run.get(k)) for k in RUN_COLUMNS}
+            rid = rec.run.get("run_id")
+            if not isinstance(rid, str) or not rid:
+                raise RecordError(f"run record without a run_id (got {rid!r}); nothing was written for it")
+            run = {k: _clean(rec.run.get(k), f"run {rid!r} {k}", k in JSON_COLUMNS) for k in RUN_COLUMNS}
             run["created"] = run["created"] or time.time()
-            with self._tx() as cur:
-                cur.execute("DELETE FROM runs WHERE run_id=?", (run["run_id"],))
-                cur.execute(f"INSERT INTO runs ({', '.join(RUN_COLUMNS)}) VALUES ({', '.join('?' * len(RUN_COLUMNS))})", [run[k] for k in RUN_COLUMNS])
-                rows = [[_clean(p.get(k)) if k != "run_id" else run["run_id"] for k in POINT_COLUMNS] for p in rec.points]
-                if rows:
-                    cur.executemany(f"INSERT INTO points ({', '.join(POINT_COLUMNS)}) VALUES ({', '.join('?' * len(POINT_COLUMNS))})", rows)
+            rows = [[_clean(p.get(k), f"run {rid!r} point {i} {k}", k in JSON_COLUMNS) if k != "run_id" else run["run_id"]
+                     for k in POINT_COLUMNS] for i, p in enumerate(rec.points)]
+            try:
+                with self._tx() as cur:
+                    cur.execute("DELETE FROM runs WHERE run_id=?", (run["run_id"],))
+                    cur.execute(f"INSERT INTO runs ({', '.join(RUN_COLUMNS)}) VALUES ({', '.join('?' * len(RUN_COLUMNS))})", [run[k] for k in RUN_COLUMNS])
+                    if rows:
+                        cur.executemany(f"INSERT INTO points ({', '.join(POINT_COLUMNS)}) VALUES ({', '.join('?' * len(POINT_COLUMNS))})", rows)
+            except sqlite3.IntegrityError as exc:
+                raise RecordError(f"run {rid!r} was not written: {_first_line(exc)}") from None
+            except sqlite3.Error as exc:
+                raise StoreError(f"run {rid!r} was not written to {str(self.path)!r}: {_first_line(exc)}") from None
             n += 1
         return n
 
     # --- reading ---------------------------------------------------------------------
+    def _query(self, q: str, params: list[Any] | None = None) -> pd.DataFrame:
+        """A query as a DataFrame; StoreError when the file turns out to be damaged while reading."""
+        try:
+            return pd.read_sql_query(q, self.conn, params=params or [])
+        except (sqlite3.Error, pd.errors.DatabaseError, UnicodeDecodeError) as exc:
+            raise StoreError(f"{str(self.path)!r} cannot be read ({_first_line(exc)}); restore it or delete it and re-run") from None
+
+    def _json_column(self, df: pd.DataFrame, col: str) -> None:
+        def load(s: Any) -> Any:
+            if not (isinstance(s, str) and s):
+                return None
+            try:
+                return json.loads(s)
+            except (ValueError, RecursionError):
+                raise StoreError(f"{str(self.path)!r}: column {col} holds malformed JSON ({s[:40]!r}); the store is damaged") from None
+
+        df[col] = df[col].map(load)
+
     def finished(self, include_failed: bool = True) -> set[str]:
         q = "SELECT run_id FROM runs" + ("" if include_failed else " WHERE status='ok'")
-        return {r[0] for r in self.conn.execute(q)}
+        try:
+            return {r[0] for r in self.conn.execute(q)}
+        except (sqlite3.Error, UnicodeDecodeError) as exc:
+            raise StoreError(f"{str(self.path)!r} cannot be read ({_first_line(exc)}); restore it or delete it and re-run") from None
 
     def runs(self) -> pd.DataFrame:
-        df = pd.read_sql_query("SELECT * FROM runs ORDER BY dataset, threat, model, seed", self.conn)
+        df = self._query("SELECT * FROM runs ORDER BY dataset, threat, model, seed")
         for col in ("config", "versions", "attacks", "flags"):
-            df[col] = df[col].map(lambda s: json.loads(s) if isinstance(s, str) and s else None)
+            self._json_column(df, col)
         return df
 
     def points(self, run_ids: Iterable[str] | None = None) -> pd.DataFrame:
@@ -176,8 +272,8 @@ class Store:
             ids = list(run_ids)
             q += f" WHERE p.run_id IN ({', '.join('?' * len(ids))})"
             params = ids
-        df = pd.read_sql_query(q + " ORDER BY r.dataset, r.threat, r.model, r.seed, p.idx", self.conn, params=params)
-        df["robust_at"] = df["robust_at"].map(lambda s: json.loads(s) if isinstance(s, str) and s else None)
+        df = self._query(q + " ORDER BY r.dataset, r.threat, r.model, r.seed, p.idx", params)
+        self._json_column(df, "robust_at")
         return df
 
     def dump(self) -> dict[str, list[dict[str, Any]]]:
@@ -202,8 +298,11 @@ def exclusive(path: str | os.PathLike, wait: bool = False) -> Iterator[None]:
     import fcntl
 
     lock_path = Path(str(path) + ".lock")
-    lock_path.parent.mkdir(parents=True, exist_ok=True)
-    fh = lock_path.open("a+")
+    try:
+        lock_path.parent.mkdir(parents=True, exist_ok=True)
+        fh = lock_path.open("a+")
+    except OSError as exc:
+        raise StoreError(f"cannot create the lock file {str(lock_path)!r} ({_first_line(exc)}); check the --store path and its permissions") from None
     try:
         flags = fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB)
         try:
