@@ -87,8 +87,8 @@ def _execute_dask(jobs: Sequence[Any], on_result: Callable[[list[RunRecord]], No
     bar = _progress(len(jobs), progress)
     try:
         futures = [client.submit(_job_entry, job, pure=False) for job in jobs]
-        for fut in as_completed(futures):
-            on_result(fut.result())
+        for fut, records in as_completed(futures, with_results=True, loop=client.loop):
+            on_result(records)
             bar.update()
     finally:
         bar.close()
