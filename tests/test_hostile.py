@@ -601,8 +601,6 @@ def test_black_box_returning_nan_is_a_model_error_not_a_silent_radius():
     assert isinstance(err, RBAError)
 
 
-@pytest.mark.xfail(strict=True, raises=ValueError, reason="attacks/base.py check_inputs: string labels raise a raw ValueError from "
-                   "y.astype(np.float64) instead of AttackError")
 def test_string_labels_are_an_attack_error(models):
     from robustbench_align import minimal_radius
 
@@ -631,9 +629,6 @@ def test_veritas_on_xgboost_finds_the_exact_radius(models):
     np.testing.assert_allclose(ver.distance, exact.distance, rtol=1e-5)
 
 
-@pytest.mark.xfail(strict=True, raises=ValueError, reason="models/trees.py WrappedSklearn.predict/predict_proba: a finite float64 input beyond "
-                   "float32 range (1e60) reaches scikit-learn, which raises a raw ValueError ('Input X contains infinity or a value "
-                   "too large for dtype(float32)'); the parsed TreeEnsemble itself handles it (float32(x) = inf)")
 def test_sklearn_forest_on_values_beyond_float32(models):
     model = models["rf"][0]
     X = np.array([[0.0, 0.0, 1e60]])

@@ -45,7 +45,11 @@ def check_inputs(model: Model, X: Any, y: Any) -> tuple[np.ndarray, np.ndarray]:
     y = np.asarray(y)
     if y.ndim != 1 or y.shape[0] != X.shape[0]:
         raise AttackError(f"y must be 1-D with {X.shape[0]} labels, got shape {y.shape}")
-    if y.size and (not np.all(np.isfinite(y.astype(np.float64))) or np.any(y != np.round(y))):
+    try:
+        yf = y.astype(np.float64)
+    except (TypeError, ValueError):
+        raise AttackError("labels must be integers 0..n_classes-1 (got non-numeric labels); encode them first") from None
+    if y.size and (not np.all(np.isfinite(yf)) or np.any(yf != np.round(yf))):
         raise AttackError("labels must be integers 0..n_classes-1")
     y = y.astype(np.int64)
     if y.size and (y.min() < 0 or y.max() >= model.n_classes):

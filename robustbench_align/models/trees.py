@@ -708,9 +708,15 @@ class WrappedSklearn(Model):
     def n_classes(self) -> int:
         return self._c
 
+    def _library(self, method: Any, X: np.ndarray) -> Any:
+        try:
+            return _quiet(method, X)
+        except ValueError as exc:  # e.g. finite float64 values beyond float32 range
+            raise ModelError(f"{self.name}: the library refused the input ({str(exc).splitlines()[0][:160]}); keep features within float32 range") from None
+
     def predict_proba(self, X: Any) -> np.ndarray:
         X = self._check_X(X)
-        p = np.asarray(_quiet(self.est.predict_proba, X), dtype=np.float64)
+        p = np.asarray(self._library(self.est.predict_proba, X), dtype=np.float64)
         if p.shape != (X.shape[0], self._c):
             raise ModelError(f"{self.name}: predict_proba returned shape {p.shape}, expected {(X.shape[0], self._c)}")
         return p
@@ -719,7 +725,7 @@ class WrappedSklearn(Model):
         X = self._check_X(X)
         if self.classes_ is None or not callable(getattr(self.est, "predict", None)):
             return np.argmax(self.predict_proba(X), axis=1)
-        return _label_indices(self.classes_, _quiet(self.est.predict, X), self.name)
+        return _label_indices(self.classes_, self._library(self.est.predict, X), self.name)
 
 
 class WrappedSklearnTrees(WrappedSklearn):
@@ -1051,15 +1057,11 @@ class _SklearnTreeEstimator(_TreeEstimator):
         path = directory / SKOPS_FILE
         if not path.exists():
             raise ModelError(f"{str(directory)!r}: {SKOPS_FILE} is missing; re-save the model")
+        from .persistence import skops_trusted_types
+
         est = cls._new(params)
         d, k = cls._read_meta(directory)
-        try:
-            untrusted = sio.get_untrusted_types(file=str(path))
-        except Exception as exc:
-            raise ModelError(f"{path}: not a readable skops file ({type(exc).__name__})") from None
-        bad = [t for t in untrusted if not (t.startswith("sklearn.") or t.startswith("numpy."))]
-        if bad:
-            raise ModelError(f"{path}: refusing to load: it contains types other than scikit-learn/numpy ({', '.join(bad[:5])})")
+        untrusted = skops_trusted_types(path)  # only scikit-learn classes; functions such as numpy.load are refused
         try:
             lib = sio.load(str(path), trusted=list(untrusted))
         except Exception as exc:

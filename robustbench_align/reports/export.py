@@ -35,8 +35,9 @@ def display_frame(board: pd.DataFrame) -> pd.DataFrame:
 
 
 def _md_escape(s: str) -> str:
-    return (str(s).replace("\\", "\\\\").replace("|", "\\|").replace("<", "&lt;").replace(">", "&gt;")
-            .replace("\n", " ").replace("`", "\\`").replace("[", "\\[").replace("]", "\\]"))
+    s = " ".join(str(s).splitlines())  # \n, \r, \r\n, U+2028 ... all end a Markdown table row
+    return (s.replace("\\", "\\\\").replace("|", "\\|").replace("<", "&lt;").replace(">", "&gt;")
+            .replace("`", "\\`").replace("[", "\\[").replace("]", "\\]"))
 
 
 def to_markdown(board: pd.DataFrame, overall: pd.DataFrame | None = None, title: str = "Leaderboard") -> str:
@@ -68,7 +69,8 @@ _LATEX_SPECIAL = {"&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{
 
 
 def _tex(s: Any) -> str:
-    return "".join(_LATEX_SPECIAL.get(ch, ch) for ch in str(s))
+    s = " ".join(str(s).splitlines())  # a blank line would start a paragraph inside a tabular cell
+    return "".join(_LATEX_SPECIAL.get(ch, ch) for ch in s)
 
 
 def to_latex(board: pd.DataFrame) -> str:
@@ -126,7 +128,9 @@ def render(board: pd.DataFrame, fmt: str, overall: pd.DataFrame | None = None, *
     if fmt == "md":
         return to_markdown(board, overall)
     if fmt == "csv":
-        return board.to_csv(index=False)
+        import csv
+
+        return board.to_csv(index=False, quoting=csv.QUOTE_NONNUMERIC, lineterminator="\n")
     if fmt == "latex":
         return to_latex(board)
     if fmt == "json":

@@ -13,6 +13,11 @@ import numpy as np
 import pandas as pd
 
 
+def _label(s: Any) -> str:
+    """Text for a matplotlib label: `$` would start math mode, so it is escaped."""
+    return str(s).replace("\\", "\\\\").replace("$", r"\$")
+
+
 def _plt() -> Any:
     import matplotlib
 
@@ -48,16 +53,16 @@ def robust_curves(points: pd.DataFrame, dataset: str, threat: str, path: str | o
         grid = np.linspace(0, emax, 200)
         for model, g in p.groupby("model"):
             r = pd.to_numeric(g["radius"], errors="coerce").fillna(0).to_numpy()
-            ax.plot(grid, [(r > e).mean() for e in grid], label=str(model), lw=1.5)
+            ax.plot(grid, [(r > e).mean() for e in grid], label=_label(model), lw=1.5)
     else:
         for model, g in p.groupby("model"):
             keys = sorted({k for d in g["robust_at"] if isinstance(d, dict) for k in d}, key=float)
             acc = [np.mean([d[k] for d in g["robust_at"] if isinstance(d, dict) and k in d]) for k in keys]
-            ax.plot([float(k) for k in keys], acc, marker="o", label=str(model))
+            ax.plot([float(k) for k in keys], acc, marker="o", label=_label(model))
     ax.set_xlabel(f"eps ({p['norm'].iloc[0]})")
     ax.set_ylabel("robust accuracy")
     ax.set_ylim(-0.02, 1.02)
-    ax.set_title(f"{dataset} — {threat}", fontsize=10)
+    ax.set_title(_label(f"{dataset} — {threat}"), fontsize=10)
     ax.legend(fontsize=7, frameon=False)
     ax.grid(alpha=0.3)
     return _png(fig, path)
@@ -72,7 +77,7 @@ def scatter_plot(points: pd.DataFrame, x: str, y: str, result: Any = None, path:
     plt = _plt()
     fig, ax = plt.subplots(figsize=(5.2, 3.6))
     for key, g in p.groupby(hue) if hue in p else [("all", p)]:
-        ax.scatter(g[x], g[y], s=10, alpha=0.6, label=str(key))
+        ax.scatter(g[x], g[y], s=10, alpha=0.6, label=_label(key))
     ax.set_xlabel(x)
     ax.set_ylabel(y)
     title = f"{x} vs {y}"
@@ -103,12 +108,12 @@ def paired_plot(board: pd.DataFrame, a: str = "rfm", b: str = "rfam", metric: st
     fig, ax = plt.subplots(figsize=(4.2, 4.0))
     ax.scatter(wide[a], wide[b], s=25)
     for (ds, th), row in wide.iterrows():
-        ax.annotate(f"{ds}/{th}", (row[a], row[b]), fontsize=6, alpha=0.7)
+        ax.annotate(_label(f"{ds}/{th}"), (row[a], row[b]), fontsize=6, alpha=0.7)
     lo = float(min(wide[a].min(), wide[b].min()))
     hi = float(max(wide[a].max(), wide[b].max()))
     ax.plot([lo, hi], [lo, hi], "k--", lw=0.8)
-    ax.set_xlabel(f"{a} {metric}")
-    ax.set_ylabel(f"{b} {metric}")
-    ax.set_title(f"paired: {b} vs {a}", fontsize=10)
+    ax.set_xlabel(_label(f"{a} {metric}"))
+    ax.set_ylabel(_label(f"{b} {metric}"))
+    ax.set_title(_label(f"paired: {b} vs {a}"), fontsize=10)
     ax.grid(alpha=0.3)
     return _png(fig, path)
