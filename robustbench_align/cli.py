@@ -171,7 +171,7 @@ def evaluate(
     obj, is_registry = _load_target(target, trust_pickle)
     frames = []
     for seed in plan.seeds:
-        frames.append(_evaluate(obj, dataset, threats=plan.threats, points=plan.points, seed=seed, name=name or (None if is_registry else Path(target).stem),
+        frames.append(_evaluate(obj, dataset, threats=plan.threats, points=plan.points, seed=seed, name=name or (None if is_registry else getattr(obj, "name", None) or Path(target).stem),
                                 store=store, attack_time_limit=plan.attack_time_limit, dataset_params=plan.dataset_params.get(dataset)))
     files = _write_all_reports(store, out)
     from .reports.export import display_frame

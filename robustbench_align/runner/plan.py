@@ -416,6 +416,12 @@ def evaluate(model: Any, dataset: str, *, threats: Iterable[str] = ("linf", "l2"
         records = run_job(job)
     else:
         m = wrap(model, name=name)
+        from ..data.registry import load_dataset
+
+        d = load_dataset(dataset, seed=seed, **dict(dataset_params or {})).n_features
+        if m.n_features != d:  # refuse before anything runs or is written
+            raise ConfigError(f"model {getattr(m, 'name', 'model')!r} expects {m.n_features} features but dataset {dataset!r} has {d}; "
+                              "evaluate it on data with the columns it was trained on")
         label = name or getattr(m, "name", None) or "user-model"
         m.name = label
         job = Job(model=label, dataset=dataset, seed=seed, threats=list(threats), points=points, attack_time_limit=attack_time_limit,
