@@ -22,6 +22,10 @@ library that breaks exact ties differently, e.g. scikit-learn's gradient boostin
 solver round-off), the point is solved again with a guard M >= g of growing size (up to 1e-3 of
 the output scale), the retry is counted in `flags["guard_retries"]`, and the found distance may
 then exceed the certified bound.
+
+Result flags: guard_retries, timeouts (points that hit a time limit), milp_fallback (Veritas points
+handed to the MILP), point_time (seconds per point), ensemble_mismatch (clean points where the
+parsed ensemble and the model disagree; a warning is logged).
 """
 from __future__ import annotations
 
@@ -300,8 +304,7 @@ class _LocalSearch:
 
     def within(self, delta: float) -> np.ndarray | None:
         """A verified adversarial within linf radius delta found by ascent, or None (not a certificate)."""
-        p = self.verified(self.ascent(self.cand_d <= delta))
-        return p
+        return self.verified(self.ascent(self.cand_d <= delta))
 
     def linf(self) -> np.ndarray | None:
         """Bisection over the candidate radii with `within`: a small verified linf adversarial."""
@@ -717,9 +720,15 @@ class KantchelianMILP(MinimalAttack):
 
     One binary predicate per distinct (feature, float32 threshold), thermometer-coded, leaf
     indicators tied to them by the tree structure, and the decision flip as a linear margin
-    constraint (one MILP per alternative class). The structure is built once per (class pair) and
-    only the objective and bounds change per point. `lower_bound` is certified: the optimum when
-    solved, HiGHS' dual bound after `time_limit` seconds per point.
+    constraint (one MILP per alternative class, trees that cannot change that margin left out).
+    The structure is built once per class pair; per point only the objective (distances of the
+    decoded points, squared for l2) and the bounds change. A local search first finds a verified
+    adversarial; its distance fixes every predicate whose crossing alone would cost more, which
+    is sound (the optimum is never above it) and shrinks the problem a lot.
+
+    `time_limit` is in seconds per point (about a quarter goes to the local search). `lower_bound`
+    is certified: the optimum when solved, HiGHS' dual bound (min over classes) on a time-out, and
+    never below the cheapest single threshold crossing. `mip_rel_gap` is HiGHS' relative gap.
     """
 
     name = "milp"
