@@ -123,8 +123,8 @@ def run_rfam(datasets: Sequence[str] | None = None, seeds: int = 4, *, uci_dir: 
     summary["settings"] = {
         "arms (a -> b)": f"{arms[0]} -> {arms[1]}",
         "datasets": names, "seeds": seeds, "test_points_per_seed": n_points or "all", "alignment_points": n_align,
-        "strong_effort": effort, "exact_time_limit": time_limit, "eps": list(EPS), "bandwidth": 10.0, "iters": 5,
-        "regs": [10, 1, 0.1, 1e-2, 1e-3], "rfm_alpha": 1.0, "rfam_alpha": 0.0, "wall_time_s": time.perf_counter() - t_start,
+        "strong_effort": effort, "exact_time_limit": time_limit, "eps": list(EPS),
+        "model_params": {arm: _registry_params(arm) for arm in arms}, "wall_time_s": time.perf_counter() - t_start,
     }
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -133,6 +133,12 @@ def run_rfam(datasets: Sequence[str] | None = None, seeds: int = 4, *, uci_dir: 
     _plot(summary["per_dataset"], out / f"{prefix}.png", arms)
     (out / f"{prefix}.md").write_text(render_report(summary, arms, prefix))
     return summary
+
+
+def _registry_params(name: str) -> dict[str, Any]:
+    from ..models.registry import get_spec
+
+    return dict(get_spec(name).params)
 
 
 def summarize(per_run: pd.DataFrame, arms: tuple[str, str] = ("rfm", "rfam")) -> dict[str, Any]:
