@@ -310,6 +310,20 @@ def reproduce_grokking(
         _console().print(f"report: {Path(out) / 'reproduction_grokking.md'}")
 
 
+@app.command()
+def bench(quick: bool = typer.Option(False, "--quick", help="Smaller sizes; finishes in a few minutes.")) -> None:
+    """Run the benchmark suite (needs a source checkout: the `benchmarks/` folder beside the package)."""
+    import subprocess
+
+    from .errors import ConfigError
+
+    root = Path(__file__).resolve().parent.parent
+    if not (root / "benchmarks" / "__main__.py").exists():
+        raise ConfigError("the benchmarks live in the source repository; run `rba bench` from a git checkout")
+    cmd = [sys.executable, "-m", "benchmarks"] + (["--quick"] if quick else [])
+    raise typer.Exit(subprocess.call(cmd, cwd=root))
+
+
 def main() -> None:
     """Entry point: run the app; RBAError (and bad-parameter errors) become one line on stderr, exit 2."""
     try:
