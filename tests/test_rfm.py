@@ -284,3 +284,11 @@ def test_duplicate_rows_and_zero_reg_still_fit(wine):
     assert np.all(np.isfinite(m.A_)) and np.all(np.isfinite(m.decision_function(Xte)))
     G = m.gradient(X[-10:])  # duplicated training points: both copies are coincident, both zeroed
     np.testing.assert_allclose(G, _autograd_jac(m, X[-10:]), atol=1e-6 * max(1.0, np.abs(G).max()))
+
+
+def test_validation_labels_are_checked(wine):
+    Xtr, ytr, Xte, _ = wine
+    with pytest.raises(DataError, match="y_val"):
+        RFM().fit(Xtr, ytr, X_val=Xte[:3], y_val=np.array(["a", "b", "c"]))
+    with pytest.raises(DataError, match="y_val"):
+        RFM().fit(Xtr, ytr, X_val=Xte[:3], y_val=np.array([0.5, 1.0, 2.0]))

@@ -271,7 +271,12 @@ class RFM(BaseEstimator, Model):
             yva = np.asarray(y_val)
             if yva.ndim != 1 or yva.shape[0] != Xva.shape[0] or yva.size == 0:
                 raise DataError(f"{who}.fit: y_val must be 1-D with {Xva.shape[0]} labels, got shape {yva.shape}")
-            if not np.all(np.isfinite(yva.astype(np.float64))) or np.any(yva != np.round(yva)) or yva.min() < 0:
+            if (
+                not np.issubdtype(yva.dtype, np.number)
+                or not np.all(np.isfinite(yva))
+                or np.any(yva != np.round(yva))
+                or yva.min() < 0
+            ):
                 raise DataError(f"{who}.fit: y_val labels must be integers 0..K-1")
             yva = yva.astype(np.int64)
             k = max(k, int(yva.max()) + 1)
