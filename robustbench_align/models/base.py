@@ -123,6 +123,30 @@ class Model:
         return f"<{type(self).__name__} {self.name!r} d={self.n_features} c={self.n_classes}>"
 
 
+class FittedModel(Model):
+    """The Model contract for sklearn-style estimators: widths come from the fitted attributes.
+
+    Subclasses name the attribute whose presence means "fitted" in `_fitted_attr` and set
+    `n_features_in_` and `n_classes_` in `fit`.
+    """
+
+    _fitted_attr: str = "n_features_in_"
+
+    def _require_fitted(self) -> None:
+        if not hasattr(self, self._fitted_attr):
+            raise ModelError(f"{type(self).__name__} is not fitted; call fit(X, y) first")
+
+    @property
+    def n_features(self) -> int:
+        self._require_fitted()
+        return int(self.n_features_in_)
+
+    @property
+    def n_classes(self) -> int:
+        self._require_fitted()
+        return int(self.n_classes_)
+
+
 # ----------------------------------------------------------------------------------------
 # Parsed tree ensembles
 # ----------------------------------------------------------------------------------------

@@ -29,7 +29,7 @@ from sklearn.base import BaseEstimator
 from torch import nn
 
 from ..errors import DataError, ModelError
-from .base import Model, check_features, check_labels
+from .base import FittedModel, check_features, check_labels
 
 log = logging.getLogger(__name__)
 
@@ -113,12 +113,14 @@ def _is_num(v: Any) -> bool:
     return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool) and math.isfinite(float(v))
 
 
-class MLP(BaseEstimator, Model):
+class MLP(BaseEstimator, FittedModel):
     """Fully connected classifier trained by minibatch gradient descent on cross-entropy or MSE.
 
     Capabilities: `predict_proba`, `predict`, `decision_function` (logits) and the differentiable
     `torch_logits(x)`. Fit with `fit(X, y)` or `fit(X, y, X_val, y_val)`; labels are 0..K-1.
     """
+
+    _fitted_attr = "module_"
 
     name = "mlp"
 
@@ -339,20 +341,6 @@ class MLP(BaseEstimator, Model):
         return self
 
     # --- Model contract -------------------------------------------------------------------------
-    def _require_fitted(self) -> None:
-        if not hasattr(self, "module_"):
-            raise ModelError(f"{type(self).__name__} is not fitted; call fit(X, y) first")
-
-    @property
-    def n_features(self) -> int:
-        self._require_fitted()
-        return int(self.n_features_in_)
-
-    @property
-    def n_classes(self) -> int:
-        self._require_fitted()
-        return int(self.n_classes_)
-
     def torch_logits(self, x: Any) -> Any:
         """Differentiable logits (n, n_classes) of torch input x, computed in the model dtype."""
         self._require_fitted()

@@ -44,7 +44,7 @@ import numpy as np
 from sklearn.base import BaseEstimator
 
 from ..errors import DataError, ModelError
-from .base import Model, check_features, check_labels
+from .base import FittedModel, check_features, check_labels
 
 log = logging.getLogger(__name__)
 
@@ -176,7 +176,7 @@ def _trace_normalise(M: np.ndarray) -> np.ndarray:
 # ----------------------------------------------------------------------------------------
 # The estimators
 # ----------------------------------------------------------------------------------------
-class RFM(BaseEstimator, Model):
+class RFM(BaseEstimator, FittedModel):
     """Recursive Feature Machine: Laplace–Mahalanobis kernel ridge with AGOP-learned metric, M0 = I.
 
     `alpha` blends the initial metric between the centred covariance (0) and the identity (1).
@@ -184,6 +184,8 @@ class RFM(BaseEstimator, Model):
     `fit(X, y, X_val, y_val)`. Capabilities: `predict_proba`, `torch_logits`, plus the analytic
     batched `gradient(X)`.
     """
+
+    _fitted_attr = "A_"
 
     name = "rfm"
 
@@ -376,10 +378,6 @@ class RFM(BaseEstimator, Model):
         return (acc / rows.shape[0]).double().numpy()
 
     # --- fitted state -----------------------------------------------------------------------
-    def _require_fitted(self) -> None:
-        if not hasattr(self, "A_"):
-            raise ModelError(f"{type(self).__name__} is not fitted; call fit(X, y) first")
-
     def _state(self) -> dict[str, Any]:
         """Torch tensors of the fitted predictor (cached), in the fit dtype."""
         self._require_fitted()
@@ -401,16 +399,6 @@ class RFM(BaseEstimator, Model):
             }
             self._tstate = st
         return st
-
-    @property
-    def n_features(self) -> int:
-        self._require_fitted()
-        return int(self.n_features_in_)
-
-    @property
-    def n_classes(self) -> int:
-        self._require_fitted()
-        return int(self.n_classes_)
 
     # --- Model contract --------------------------------------------------------------------
     def decision_function(self, X: Any) -> np.ndarray:

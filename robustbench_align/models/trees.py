@@ -41,7 +41,7 @@ import numpy as np
 from sklearn.base import BaseEstimator
 
 from ..errors import DataError, ModelError
-from .base import Model, Tree, TreeEnsemble, check_features, check_labels
+from .base import Model, FittedModel, Tree, TreeEnsemble, check_features, check_labels
 
 log = logging.getLogger(__name__)
 
@@ -759,8 +759,10 @@ def _is_num(v: Any) -> bool:
     return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool) and math.isfinite(float(v))
 
 
-class _TreeEstimator(BaseEstimator, Model):
+class _TreeEstimator(BaseEstimator, FittedModel):
     """Shared fit checks, Model contract and cached tree_ensemble() of the three tree families."""
+
+    _fitted_attr = "estimator_"
 
     name = "trees"
 
@@ -794,20 +796,6 @@ class _TreeEstimator(BaseEstimator, Model):
         self.n_classes_ = int(k)
         self.classes_ = np.arange(k)
         return self
-
-    def _require_fitted(self) -> None:
-        if not hasattr(self, "estimator_"):
-            raise ModelError(f"{type(self).__name__} is not fitted; call fit(X, y) first")
-
-    @property
-    def n_features(self) -> int:
-        self._require_fitted()
-        return int(self.n_features_in_)
-
-    @property
-    def n_classes(self) -> int:
-        self._require_fitted()
-        return int(self.n_classes_)
 
     def tree_ensemble(self) -> TreeEnsemble:
         """The parsed, validated ensemble of the fitted model (parsed once, then cached)."""
