@@ -162,6 +162,11 @@ def summarize(per_run: pd.DataFrame, arms: tuple[str, str] = ("rfm", "rfam")) ->
     return {"per_dataset": per_ds, "tests": pd.DataFrame(tests), "paper_nonmonotone_fraction": nonmono, "per_run": per_run}
 
 
+def _num(v: Any, fmt: str, missing: str) -> str:
+    """A number for the report, or the stated reason where it is undefined (never a bare 'nan')."""
+    return fmt.format(v) if v is not None and np.isfinite(v) else missing
+
+
 def _verdict(test: pd.Series, paper: tuple[float, float, float] | None) -> str:
     ours = test["rfam_mean"] - test["rfm_mean"]
     sig = np.isfinite(test["t_p"]) and test["t_p"] < 0.05
@@ -193,7 +198,8 @@ def render_report(summary: dict[str, Any], arms: tuple[str, str] = ("rfm", "rfam
     lines += [f"| metric | H1 | n | {a_name} | {b_name} | mean diff | rel. diff | {b_name} higher/lower | paired t p | Wilcoxon p |", "|---|---|---|---|---|---|---|---|---|---|"]
     for _, t in tests.iterrows():
         lines.append(f"| {t['metric']} | {t['alternative']} | {t['n']} | {t['rfm_mean']:.3f} ± {t['rfm_std']:.3f} | {t['rfam_mean']:.3f} ± {t['rfam_std']:.3f} | "
-                     f"{t['diff_mean']:+.3f} | {t['rel_diff_mean']:+.3f} | {t['rfam_higher']}/{t['rfam_lower']} | {t['t_p']:.3g} | {t['wilcoxon_p']:.3g} |")
+                     f"{t['diff_mean']:+.3f} | {_num(t['rel_diff_mean'], '{:+.3f}', 'undefined (a = 0)')} | {t['rfam_higher']}/{t['rfam_lower']} | "
+                     f"{_num(t['t_p'], '{:.3g}', 'not computable (all pairs equal)')} | {_num(t['wilcoxon_p'], '{:.3g}', 'not computable (all pairs equal)')} |")
     if is_paper_pair:
         lines += ["", "## Against the paper's numbers (spec §5.3, 120 UCI datasets, from the authors' logs)", ""]
         lines += ["| metric | paper RFM → RFAM (p) | here RFM → RFAM (p) | verdict |", "|---|---|---|---|"]
@@ -202,7 +208,8 @@ def render_report(summary: dict[str, Any], arms: tuple[str, str] = ("rfm", "rfam
         paper = PAPER.get(key)
         if paper is None:
             continue
-        lines.append(f"| {key} | {paper[0]:.4g} → {paper[1]:.4g} (p={paper[2]:.3g}) | {t['rfm_mean']:.4g} → {t['rfam_mean']:.4g} (p={t['t_p']:.3g}) | {_verdict(t, paper)} |")
+        lines.append(f"| {key} | {paper[0]:.4g} → {paper[1]:.4g} (p={paper[2]:.3g}) | {t['rfm_mean']:.4g} → {t['rfam_mean']:.4g} "
+                     f"(p={_num(t['t_p'], '{:.3g}', 'not computable')}) | {_verdict(t, paper)} |")
     nm = summary.get("paper_nonmonotone_fraction", {})
     lines += ["", f"Fraction of (dataset, seed) runs whose paper-protocol robust accuracy is non-monotone in ε: "
               f"{a_name} {nm.get(a_name, float('nan')):.2f}, {b_name} {nm.get(b_name, float('nan')):.2f} (the strong protocol is monotone by construction).", ""]
