@@ -78,6 +78,19 @@ def check_labels(y: Any, n_samples: int, who: str = "fit") -> tuple[np.ndarray, 
     return y, k
 
 
+def check_training_data(X: Any, y: Any, who: str) -> tuple[np.ndarray, np.ndarray, int]:
+    """Validate a training set for `fit`: X 2-D, finite, numeric; y integer labels 0..K-1. Returns (X, y, K)."""
+    try:
+        shape = np.shape(X)
+    except ValueError:  # ragged nested sequences
+        shape = ()
+    if len(shape) != 2:
+        raise ModelError(f"{who}: X must be a 2-D array (n_samples, n_features), got shape {shape or 'ragged'}")
+    X = check_features(X, shape[1], who=who)
+    y, k = check_labels(y, X.shape[0], who=who)
+    return X, y, k
+
+
 class Model:
     """Base class of the contract. Subclasses implement `predict_proba`; the rest is derived.
 
@@ -231,9 +244,7 @@ class TreeEnsemble:
             p1 = 1.0 / (1.0 + np.exp(-r[:, 0]))
             return np.stack([1.0 - p1, p1], axis=1)
         if self.link == "softmax":
-            z = r - r.max(axis=1, keepdims=True)
-            e = np.exp(z)
-            return e / e.sum(axis=1, keepdims=True)
+            return softmax_rows(r)
         return r
 
     def predict(self, X: np.ndarray) -> np.ndarray:

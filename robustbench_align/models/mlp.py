@@ -29,7 +29,7 @@ from sklearn.base import BaseEstimator
 from torch import nn
 
 from ..errors import DataError, ModelError
-from .base import FittedModel, check_features, check_labels
+from .base import FittedModel, check_features, check_training_data, softmax_rows
 
 log = logging.getLogger(__name__)
 
@@ -241,14 +241,7 @@ class MLP(BaseEstimator, FittedModel):
         """Train the network on (X, y); optional (X_val, y_val) are monitored (and used for early stopping)."""
         hidden = self._check_params()
         who = type(self).__name__
-        try:
-            shape = np.shape(X)
-        except ValueError:
-            shape = ()
-        if len(shape) != 2:
-            raise ModelError(f"{who}.fit: X must be a 2-D array (n_samples, n_features), got shape {shape or 'ragged'}")
-        X = check_features(X, shape[1], who=f"{who}.fit")
-        y, k = check_labels(y, X.shape[0], who=f"{who}.fit")
+        X, y, k = check_training_data(X, y, f"{who}.fit")
         if (X_val is None) != (y_val is None):
             raise DataError(f"{who}.fit: pass both X_val and y_val, or neither")
         s_init, s_batch, s_probe, s_split = _seeds(self.random_state, 4)
@@ -359,10 +352,7 @@ class MLP(BaseEstimator, FittedModel):
 
     def predict_proba(self, X: Any) -> np.ndarray:
         """Softmax of the logits, float64, rows summing to 1."""
-        z = self.decision_function(X)
-        z = z - z.max(axis=1, keepdims=True)
-        e = np.exp(z)
-        return e / e.sum(axis=1, keepdims=True)
+        return softmax_rows(self.decision_function(X))
 
     def predict(self, X: Any) -> np.ndarray:
         """Argmax of the logits, ties to the lowest class index."""

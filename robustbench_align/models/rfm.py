@@ -44,7 +44,7 @@ import numpy as np
 from sklearn.base import BaseEstimator
 
 from ..errors import DataError, ModelError
-from .base import FittedModel, check_features, check_labels
+from .base import FittedModel, check_features, check_training_data, softmax_rows
 
 log = logging.getLogger(__name__)
 
@@ -258,11 +258,7 @@ class RFM(BaseEstimator, FittedModel):
         torch = _torch()
         regs = self._check_params()
         who = type(self).__name__
-        Xa = np.asarray(X)
-        if Xa.ndim != 2:
-            raise ModelError(f"{who}.fit: X must be 2-D (n_samples, n_features), got shape {Xa.shape}")
-        X = check_features(Xa, Xa.shape[1], who=f"{who}.fit")
-        y, k = check_labels(y, X.shape[0], who=f"{who}.fit")
+        X, y, k = check_training_data(X, y, f"{who}.fit")
         rng = np.random.default_rng(self.random_state)
         if (X_val is None) != (y_val is None):
             raise DataError(f"{who}.fit: pass both X_val and y_val, or neither")
@@ -413,10 +409,7 @@ class RFM(BaseEstimator, FittedModel):
 
     def predict_proba(self, X: Any) -> np.ndarray:
         """Softmax of the raw outputs (a monotone map to the simplex; the outputs are not probabilities)."""
-        z = self.decision_function(X)
-        z = z - z.max(axis=1, keepdims=True)
-        e = np.exp(z)
-        return e / e.sum(axis=1, keepdims=True)
+        return softmax_rows(self.decision_function(X))
 
     def predict(self, X: Any) -> np.ndarray:
         """Argmax of the raw outputs, ties to the lowest class index."""

@@ -41,7 +41,7 @@ import numpy as np
 from sklearn.base import BaseEstimator
 
 from ..errors import DataError, ModelError
-from .base import Model, FittedModel, Tree, TreeEnsemble, check_features, check_labels
+from .base import Model, FittedModel, Tree, TreeEnsemble, check_training_data
 
 log = logging.getLogger(__name__)
 
@@ -779,14 +779,7 @@ class _TreeEstimator(BaseEstimator, FittedModel):
         """Fit the library model on (X, y); labels are integers 0..K-1, every class present."""
         self._check_params()
         who = type(self).__name__
-        try:
-            shape = np.shape(X)
-        except ValueError:
-            shape = ()
-        if len(shape) != 2:
-            raise ModelError(f"{who}.fit: X must be a 2-D array (n_samples, n_features), got shape {shape or 'ragged'}")
-        X = check_features(X, shape[1], who=f"{who}.fit")
-        y, k = check_labels(y, X.shape[0], who=f"{who}.fit")
+        X, y, k = check_training_data(X, y, f"{who}.fit")
         missing = sorted(set(range(k)) - set(np.unique(y).tolist()))
         if missing:
             raise DataError(f"{who}.fit: class(es) {missing[:5]} of 0..{k - 1} have no training rows; re-encode labels as 0..K-1 without gaps")
