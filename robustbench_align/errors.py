@@ -23,3 +23,15 @@ class StoreError(RBAError):
 
 class ConfigError(RBAError, ValueError):
     """A plan/config file with unknown keys or values of the wrong type."""
+
+
+def first_line(exc: BaseException, *, with_type: bool = True) -> str:
+    """The first line of an exception's message, for one-line errors (the type name when it has no text).
+
+    with_type=True prefixes the type ("ValueError: bad shape"); False gives the bare text.
+    """
+    text = str(exc).strip()
+    if not text:
+        return type(exc).__name__
+    line = text.splitlines()[0]
+    return f"{type(exc).__name__}: {line}" if with_type else line

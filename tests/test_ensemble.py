@@ -4,16 +4,17 @@ The small attacks below are test fixtures on real models (exact closed-form atta
 torch model, and attacks that misbehave on purpose); the named attacks are tested with the real
 components where they are installed.
 """
-import importlib.util
-
 import numpy as np
 import pandas as pd
 import pytest
 import torch
 
 from robustbench_align.attacks import checks
-from robustbench_align.attacks.base import AttackResult, FixedEpsAttack, MinimalAttack, finalize
-from robustbench_align.attacks.ensemble import EnsembleAttack, RadiusResult, Refine, fixed_eps_per_point, minimal_radius, robust_accuracy
+from robustbench_align.attacks.api import fixed_eps_per_point, minimal_radius, robust_accuracy
+from robustbench_align.attacks.base import Candidates, FixedEpsAttack, MinimalAttack
+from robustbench_align.attacks.ensemble import EnsembleAttack
+from robustbench_align.attacks.refine import Refine
+from robustbench_align.attacks.results import RadiusResult
 from robustbench_align.attacks.registry import (
     applicable_attacks,
     default_eps_grid,
@@ -27,10 +28,6 @@ from robustbench_align.models.base import ProbaModel, wrap
 
 torch.set_num_threads(1)
 D, K = 6, 3
-
-
-def _have(module):
-    return importlib.util.find_spec(f"robustbench_align.attacks.{module}") is not None
 
 
 # ----------------------------------------------------------------------------------------
@@ -86,12 +83,11 @@ class ExactLinear(MinimalAttack):
         if name:
             self.name = name
 
-    def run(self, model, X, y, norm):
-        X, y, norm = self._check(model, X, y, norm)
-        xa, dist = _linear_adversarial(model, X, y, norm)
+    def _attack(self, model, X, y, norm):
+        xa, dist = _linear_adversarial(model, X, y, norm.name)
         scale = np.where(X[:, 0] > 0, self.scale_pos, self.scale_neg)  # worse than exact on one half
         cand = X + scale[:, None] * (xa - X)
-        return finalize(model, X, y, cand, norm, self.name, lower_bound=dist if self.certify else None)
+        return Candidates(cand, lower_bound=dist if self.certify else None)
 
 
 class Liar(MinimalAttack):
@@ -99,10 +95,8 @@ class Liar(MinimalAttack):
 
     name = "liar"
 
-    def run(self, model, X, y, norm):
-        X, y, norm = self._check(model, X, y, norm)
-        n = X.shape[0]
-        return AttackResult(x_adv=X + 1e-7, distance=np.full(n, 1e-7), success=np.ones(n, dtype=bool), norm=norm, attack=self.name)
+    def _attack(self, model, X, y, norm):
+        return Candidates(X + 1e-7, claimed=np.ones(X.shape[0], dtype=bool))
 
 
 class FixedLinear(FixedEpsAttack):
@@ -117,16 +111,11 @@ class FixedLinear(FixedEpsAttack):
         if name:
             self.name = name
 
-    def run(self, model, X, y, norm, eps):
-        X, y, norm = self._check(model, X, y, norm)
-        self.calls.append((float(eps), X.shape[0]))
-        xa, dist = _linear_adversarial(model, X, y, norm)
+    def _attack(self, model, X, y, norm, eps):
+        self.calls.append((float(eps[0]), X.shape[0]))
+        xa, dist = _linear_adversarial(model, X, y, norm.name)
         hit = (dist <= eps) & (eps <= self.fail_above)
-        cand = np.where(hit[:, None], X + self.overshoot * (xa - X), X)
-        if self.overshoot == 1.0:
-            return finalize(model, X, y, cand, norm, self.name, eps=eps)
-        d = np.linalg.norm(cand - X, ord=np.inf if norm == "linf" else 2, axis=1)
-        return AttackResult(x_adv=cand, distance=np.where(hit, d, np.inf), success=hit, norm=norm, attack=self.name)
+        return Candidates(np.where(hit[:, None], X + self.overshoot * (xa - X), X))
 
 
 class GradientLine(MinimalAttack):
@@ -135,8 +124,7 @@ class GradientLine(MinimalAttack):
     name = "gradient-line"
     requires = frozenset({"torch_logits"})
 
-    def run(self, model, X, y, norm):
-        X, y, norm = self._check(model, X, y, norm)
+    def _attack(self, model, X, y, norm):
         g = torch.zeros(X.shape)
         x = torch.as_tensor(X).clone().requires_grad_(True)
         z = model.torch_logits(x)
@@ -158,7 +146,7 @@ class GradientLine(MinimalAttack):
             hi = np.where(flip & np.isfinite(hi), mid, hi)
             lo = np.where(~flip & np.isfinite(hi), mid, lo)
         cand = np.where(np.isfinite(hi)[:, None], X + np.where(np.isfinite(hi), hi, 0)[:, None] * u, X)
-        return finalize(model, X, y, cand, norm, self.name)
+        return Candidates(cand)
 
 
 # ----------------------------------------------------------------------------------------
@@ -275,13 +263,11 @@ def test_auc_hand_computed():
 class PerPointFixedLinear(FixedLinear):
     per_point_eps = True
 
-    def run(self, model, X, y, norm, eps):
-        X, y, norm = self._check(model, X, y, norm)
-        eps = np.broadcast_to(np.asarray(eps, dtype=np.float64), (X.shape[0],))
+    def _attack(self, model, X, y, norm, eps):
         self.calls.append((tuple(eps), X.shape[0]))
-        xa, dist = _linear_adversarial(model, X, y, norm)
+        xa, dist = _linear_adversarial(model, X, y, norm.name)
         hit = dist <= eps
-        return finalize(model, X, y, np.where(hit[:, None], xa, X), norm, self.name, eps=eps)
+        return Candidates(np.where(hit[:, None], xa, X))
 
 
 @pytest.mark.parametrize("inner", [FixedLinear, PerPointFixedLinear])
@@ -356,7 +342,6 @@ def test_robust_accuracy_from_radius_vs_fixed(linear):
     assert a["clean_accuracy"].iloc[0] == pytest.approx(correct.mean())
 
 
-@pytest.mark.skipif(not _have("gradient"), reason="gradient attacks not installed yet")
 def test_paper_pgd_threat_uses_fixed_eps_runs(linear):
     model, X, y = linear
     tm = get_threat_model("paper-pgd")
@@ -395,15 +380,13 @@ def test_threat_models_resolve_per_family(linear):
     assert [n for n, _ in get_threat_model("l2").resolve(box)] == ["hsj"]
     names = [n for n, _ in get_threat_model("linf").resolve(model)]
     assert names[-1] == "hsj" and set(names) <= set(applicable_attacks(model, "linf"))
-    if _have("gradient"):
-        assert names[:3] == ["fmn", "fab", "pgd-refine"]
-        assert [n for n, _ in get_threat_model("paper-pgd").resolve(model)] == ["paper-pgd"]
-        l2 = [n for n, _ in get_threat_model("l2").resolve(model)]
-        assert l2[:4] == ["deepfool", "fmn", "fab", "cw"] and "autoattack-refine" not in l2
-        assert "autoattack-refine" in [n for n, _ in get_threat_model("l2").resolve(model, effort="full")]
-        if _have("autoattack"):
-            assert "autoattack-refine" in names
-            assert "autoattack-refine" not in [n for n, _ in get_threat_model("linf").resolve(model, effort="fast")]
+    assert names[:3] == ["fmn", "fab", "pgd-refine"]
+    assert [n for n, _ in get_threat_model("paper-pgd").resolve(model)] == ["paper-pgd"]
+    l2 = [n for n, _ in get_threat_model("l2").resolve(model)]
+    assert l2[:4] == ["deepfool", "fmn", "fab", "cw"] and "autoattack-refine" not in l2
+    assert "autoattack-refine" in [n for n, _ in get_threat_model("l2").resolve(model, effort="full")]
+    assert "autoattack-refine" in names
+    assert "autoattack-refine" not in [n for n, _ in get_threat_model("linf").resolve(model, effort="fast")]
     with pytest.raises(AttackError, match="no attack of threat model 'l1' applies"):
         get_threat_model("l1").resolve(box)
     fast = [n for n, _ in get_threat_model("linf").resolve(box, effort="fast")]
@@ -420,10 +403,6 @@ def _xgb_or_forest():
     return RandomForestClassifier(n_estimators=5, max_depth=3, random_state=0).fit(X[:150], y[:150]), X[150:162], y[150:162]
 
 
-_TREES = _have("trees_exact") and importlib.util.find_spec("robustbench_align.models.trees") is not None
-
-
-@pytest.mark.skipif(not _TREES, reason="tree parsing/exact attacks not installed yet")
 def test_tree_ensemble_threat_model_is_exact():
     rf, X, y = _xgb_or_forest()
     model = wrap(rf)
@@ -495,7 +474,6 @@ def test_gradient_masking_and_zero_gradient_flags():
     assert "black_box_beats_white_box" in fr.flags
 
 
-@pytest.mark.skipif(not _have("gradient"), reason="gradient attacks not installed yet")
 @pytest.mark.parametrize("norm", ["linf", "l2"])
 def test_default_threat_on_torch_model_matches_exact_radius(linear, norm):
     model, X, y = linear
@@ -546,12 +524,10 @@ def test_bad_input_errors(linear):
         minimal_radius(box, X, y, "l2", attacks=[ExactLinear()])
     with pytest.raises(AttackError, match="does not support norm 'l1'"):
         minimal_radius(model, X, y, "l1", attacks=["hsj"])
-    if _have("gradient"):
-        with pytest.raises(AttackError, match="'fab' needs the torch_logits capability, which 'box' lacks; applicable attacks: hsj$"):
-            minimal_radius(box, X, y, "linf", attacks=["fab"])
-    if _TREES:
-        with pytest.raises(AttackError, match="'milp' needs the tree_ensemble capability.*applicable attacks: .*fab.*hsj"):
-            minimal_radius(model, X, y, "linf", attacks=["milp"])
+    with pytest.raises(AttackError, match="'fab' needs the torch_logits capability, which 'box' lacks; applicable attacks: hsj$"):
+        minimal_radius(box, X, y, "linf", attacks=["fab"])
+    with pytest.raises(AttackError, match="'milp' needs the tree_ensemble capability.*applicable attacks: .*fab.*hsj"):
+        minimal_radius(model, X, y, "linf", attacks=["milp"])
     for msg in ("eps must be finite",):
         with pytest.raises(AttackError, match=msg):
             EnsembleAttack([FixedLinear()]).run_fixed(model, X, y, "linf", [])
@@ -563,13 +539,13 @@ def test_failing_attack_is_recorded_not_fatal(linear):
     class Broken(MinimalAttack):
         name = "broken"
 
-        def run(self, model, X, y, norm):
+        def _attack(self, model, X, y, norm):
             raise RuntimeError("solver crashed")
 
     class Refuses(MinimalAttack):
         name = "refuses"
 
-        def run(self, model, X, y, norm):
+        def _attack(self, model, X, y, norm):
             raise AttackError("refuses: internal limit")
 
     res = EnsembleAttack([Broken(), Refuses(), ExactLinear()]).run(model, X, y, "linf")
@@ -589,7 +565,6 @@ def test_result_frame_types(linear):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not (_have("gradient") and _have("autoattack")), reason="gradient attacks / AutoAttack not installed")
 @pytest.mark.parametrize("norm", ["linf", "l2"])
 def test_full_effort_on_a_trained_mlp(norm):
     from sklearn.datasets import make_classification

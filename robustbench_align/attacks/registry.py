@@ -16,7 +16,7 @@ from types import MappingProxyType
 from typing import Any, Mapping, Sequence
 
 from ..errors import AttackError
-from .base import NORMS, Attack, check_norm
+from .base import Attack, check_norm
 
 log = logging.getLogger(__name__)
 
@@ -25,14 +25,15 @@ _PKG = "robustbench_align.attacks"
 
 @dataclass(frozen=True)
 class AttackSpec:
-    """One registered attack. `target` is "module:Class" inside robustbench_align.attacks.
+    """One registered attack. `target` is "module:Class" inside robustbench_align.attacks (imported
+    lazily, so an optional backend costs nothing until used) or an `Attack` subclass itself.
 
     `wraps` names another registered (fixed-eps) attack that the target class takes as its first
     argument (e.g. bisection turning AutoAttack into a minimal attack).
     """
 
     name: str
-    target: str
+    target: str | type
     kwargs: Mapping[str, Any] = field(default_factory=dict)
     description: str = ""
     wraps: str | None = None
@@ -50,13 +51,40 @@ _ATTACKS: dict[str, AttackSpec] = {
         AttackSpec("autoattack", "autoattack:AutoAttack", {}, "AutoAttack (Croce & Hein 2020) for tabular inputs; fixed eps, linf/l2, torch models"),
         AttackSpec("pgd-bisect", "bisection:MinimalByBisection", {}, "PGD turned into a minimal attack by bisection on eps", wraps="pgd"),
         AttackSpec("autoattack-bisect", "bisection:MinimalByBisection", {}, "AutoAttack turned into a minimal attack by bisection on eps", wraps="autoattack"),
-        AttackSpec("pgd-refine", "ensemble:Refine", {"loss": "margin", "rounds": 3}, "margin-loss PGD just below each point's best radius so far (cheap refinement)", wraps="pgd"),
-        AttackSpec("autoattack-refine", "ensemble:Refine", {}, "AutoAttack just below each point's best radius so far (refinement)", wraps="autoattack"),
+        AttackSpec("pgd-refine", "refine:Refine", {"loss": "margin", "rounds": 3}, "margin-loss PGD just below each point's best radius so far (cheap refinement)", wraps="pgd"),
+        AttackSpec("autoattack-refine", "refine:Refine", {}, "AutoAttack just below each point's best radius so far (refinement)", wraps="autoattack"),
         AttackSpec("veritas", "trees_exact:VeritasLinf", {}, "Veritas A* search (Devos et al. 2021); exact/anytime linf, tree ensembles"),
         AttackSpec("milp", "trees_exact:KantchelianMILP", {}, "Kantchelian et al. 2016 MILP via HiGHS; exact linf/l2/l1 with certified lower bounds, tree ensembles"),
         AttackSpec("hsj", "decision:HopSkipJump", {}, "HopSkipJump (Chen et al. 2020); decision-based, linf/l2, any model with predict"),
     )
 }
+
+def register_attack(name: str, target: str | type, kwargs: Mapping[str, Any] | None = None, description: str = "",
+                    *, wraps: str | None = None, replace: bool = False) -> AttackSpec:
+    """Add an attack to the registry: `target` is an `Attack` subclass or "module:Class" in robustbench_align.attacks.
+
+    The new name then works everywhere a registry name does (get_attack, minimal_radius(attacks=[...]),
+    threat-model steps). AttackError when the name is taken (pass replace=True to overwrite) or the
+    target is not an Attack subclass.
+    """
+    key = str(name).lower()
+    if not key or any(c in key for c in "|# \t"):
+        raise AttackError(f"attack name {name!r} must be non-empty without spaces, '|' or '#'")
+    if key in _ATTACKS and not replace:
+        raise AttackError(f"attack {key!r} is already registered; pass replace=True to overwrite it")
+    if isinstance(target, type) and not issubclass(target, Attack):
+        raise AttackError(f"attack {key!r}: {target.__name__} is not an Attack subclass (subclass MinimalAttack or FixedEpsAttack)")
+    if wraps is not None:
+        _spec(wraps)
+    spec = AttackSpec(key, target, dict(kwargs or {}), description, wraps=wraps)
+    _ATTACKS[key] = spec
+    return spec
+
+
+def unregister_attack(name: str) -> None:
+    """Remove an attack added with `register_attack` (AttackError for unknown names)."""
+    _ATTACKS.pop(_spec(name).name)
+
 
 # kwargs every attack may or may not take; passed where the constructor accepts them, dropped otherwise
 COMMON_KWARGS = frozenset({"seed", "time_limit", "verbose"})
@@ -66,25 +94,27 @@ class _Unavailable(AttackError):
     """An attack whose module or optional backend is missing here."""
 
 
-def _load_class(spec: AttackSpec) -> type:
+def _load_class(spec: AttackSpec) -> type[Attack]:
     """Import the class behind a spec; _Unavailable saying why when it cannot run here."""
-    module, _, cls_name = spec.target.partition(":")
-    try:
+    if isinstance(spec.target, type):
+        cls: Any = spec.target
+    else:
+        # the package's own modules import their optional backends lazily, so an ImportError here is a bug: it propagates
+        module, _, cls_name = spec.target.partition(":")
         mod = importlib.import_module(f"{_PKG}.{module}")
-    except ImportError as exc:
-        raise _Unavailable(f"attack {spec.name!r} is not available here ({exc})") from None
-    cls = getattr(mod, cls_name, None)
-    if cls is None:
-        raise _Unavailable(f"attack {spec.name!r} is not available here ({_PKG}.{module} has no {cls_name})")
-    avail = getattr(cls, "available", None)
-    if callable(avail):
-        try:
-            ok = bool(avail())
-        except Exception as exc:  # noqa: BLE001 - a broken optional backend counts as unavailable
-            log.debug("%s.available() raised %s", cls_name, exc)
-            ok = False
-        if not ok:
-            raise _Unavailable(f"attack {spec.name!r} is not available here (its optional backend is not installed)")
+        cls = getattr(mod, cls_name, None)
+        if cls is None:
+            raise AttackError(f"attack {spec.name!r}: {_PKG}.{module} has no {cls_name}")
+    if not (isinstance(cls, type) and issubclass(cls, Attack)):
+        raise AttackError(f"attack {spec.name!r}: {spec.target!r} is not an Attack subclass")
+    try:
+        ok = bool(cls.available())
+    except Exception as exc:  # noqa: BLE001 - a broken optional backend counts as unavailable
+        log.debug("%s.available() raised %s", cls.__name__, exc)
+        ok = False
+    if not ok:
+        hint = f"; {cls.install_hint}" if cls.install_hint else ""
+        raise _Unavailable(f"attack {spec.name!r} is not available here (its optional backend is not installed){hint}")
     if spec.wraps is not None:
         _load_class(_spec(spec.wraps))
     return cls
@@ -125,11 +155,6 @@ def list_attacks(include_unavailable: bool = False) -> list[str]:
             continue
         out.append(name)
     return out
-
-
-def describe_attacks() -> list[dict[str, Any]]:
-    """One dict per registered attack: name, description, availability, default kwargs."""
-    return [{"name": s.name, "description": s.description, "available": is_available(s.name), "kwargs": dict(s.kwargs)} for s in _ATTACKS.values()]
 
 
 def _accepted(cls: type) -> tuple[set[str], bool]:
@@ -212,27 +237,14 @@ def attack_kwargs(name: str) -> set[str] | None:
     return names
 
 
-def attack_class(name: str) -> type:
-    """The class behind a registered name (for capability checks without building it)."""
-    return _load_or_explain(_spec(name))
-
-
 def _applicable_spec(name: str, model: Any, norm: str) -> bool:
     spec = _spec(name)
     try:
-        cls = _load_class(spec)
-        inner = _load_class(_spec(spec.wraps)) if spec.wraps else None
+        classes = [_load_class(spec)] + ([_load_class(_spec(spec.wraps))] if spec.wraps else [])
     except _Unavailable:
         return False
     caps = model.capabilities
-    for c in (cls, inner):
-        if c is None:
-            continue
-        req = getattr(c, "requires", frozenset({"predict_proba"}))
-        norms = getattr(c, "norms", NORMS)
-        if not (set(req) <= caps and norm in norms):
-            return False
-    return True
+    return all(c.requires <= caps and norm in c.norms for c in classes)
 
 
 def applicable_attacks(model: Any, norm: str) -> list[str]:
@@ -404,7 +416,7 @@ def fixed_inner(name: str) -> str | None:
 
 
 __all__ = [
-    "AttackSpec", "ThreatModel", "list_attacks", "get_attack", "build_attack", "applicable_attacks", "describe_attacks",
-    "list_threat_models", "get_threat_model", "default_threat", "default_eps_grid", "EPS_GRIDS", "PAPER_EPS", "EFFORTS",
-    "attack_kwargs", "attack_class", "is_available", "fixed_inner", "COMMON_KWARGS",
+    "AttackSpec", "ThreatModel", "register_attack", "unregister_attack", "list_attacks", "get_attack", "build_attack",
+    "applicable_attacks", "list_threat_models", "get_threat_model", "default_threat", "default_eps_grid", "EPS_GRIDS",
+    "PAPER_EPS", "EFFORTS", "attack_kwargs", "is_available", "fixed_inner", "COMMON_KWARGS",
 ]
