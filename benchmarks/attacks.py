@@ -124,7 +124,7 @@ def verified_distance(model: Any, X: np.ndarray, y: np.ndarray, X_adv: np.ndarra
 # (a) robust accuracy: ours vs AutoAttack
 # ----------------------------------------------------------------------------------------
 def ours_minimal(model: Any, X: np.ndarray, y: np.ndarray, norm: str) -> Any:
-    from robustbench_align.attacks.ensemble import minimal_radius
+    from robustbench_align.attacks.api import minimal_radius
 
     return minimal_radius(model, X, y, norm, effort="default", seed=0)
 

@@ -105,7 +105,7 @@ def default_plan(root: Path, workers: int, quick: bool, deadline: float | None) 
     cells, and the warm run uses a config holding only the datasets every model finished on (the
     warm cost is the reuse check plus rewriting the reports of the whole store).
     """
-    from robustbench_align.runner.plan import load_plan
+    from robustbench_align.runner.config import load_plan
 
     plan = load_plan(quick=quick)
     total_jobs = len(plan.jobs(None))
@@ -140,7 +140,8 @@ def scaling(root: Path, ns: Sequence[int], workers: int, threats: Sequence[str],
     `fitted` holds the (model, dataset) pairs already in the cache (from the default-plan run); when
     any scaling cell is missing, a warm-up run with 2 points fits it first.
     """
-    from robustbench_align.runner.plan import Plan, run_plan
+    from robustbench_align.runner.api import run_plan
+    from robustbench_align.runner.config import Plan
 
     cache = str(root / "cache")
     rows = []

@@ -23,11 +23,11 @@ _EXPORTS = {
     "build": "robustbench_align.models.registry",
     "save_model": "robustbench_align.models.persistence",
     "load_model": "robustbench_align.models.persistence",
-    "minimal_radius": "robustbench_align.attacks.ensemble",
-    "robust_accuracy": "robustbench_align.attacks.ensemble",
+    "minimal_radius": "robustbench_align.attacks.api",
+    "robust_accuracy": "robustbench_align.attacks.api",
     "alignment": "robustbench_align.metrics.alignment",
     "correlate": "robustbench_align.metrics.stats",
-    "evaluate": "robustbench_align.runner.plan",
+    "evaluate": "robustbench_align.runner.api",
     "leaderboard": "robustbench_align.reports.tables",
 }
 

@@ -11,7 +11,7 @@ from typing import Any, Optional
 
 import typer
 
-from .errors import RBAError
+from .errors import RBAError, first_line
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Adversarial robustness and Jacobian alignment of tabular classifiers.")
 reproduce_app = typer.Typer(no_args_is_help=True, help="Reproduce the seed paper's experiments with this suite's machinery.")
@@ -108,7 +108,8 @@ def run(
 ) -> None:
     """Run the benchmark plan (finished cells are reused) and write the leaderboard reports."""
     from .errors import ConfigError
-    from .runner.plan import load_plan, run_plan
+    from .runner.api import run_plan
+    from .runner.config import load_plan
 
     if dask and workers != 1:
         raise ConfigError("use either --workers or --dask, not both")
@@ -165,7 +166,8 @@ def evaluate(
     trust_pickle: bool = typer.Option(False, "--trust-pickle", help="Allow loading a pickle file (executes code)."),
 ) -> None:
     """Evaluate a new model under the plan's threat models and rank it in the same leaderboard."""
-    from .runner.plan import evaluate as _evaluate, load_plan
+    from .runner.api import evaluate as _evaluate
+    from .runner.config import load_plan
 
     plan = load_plan(config)
     obj, is_registry = _load_target(target, trust_pickle)
@@ -291,7 +293,7 @@ def reproduce_grokalign_tabular(
 def reproduce_grokking(
     seeds: Optional[int] = typer.Option(None, "--seeds", help="Seeds per condition (default 5; --full: 10)."),
     task: Optional[list[str]] = typer.Option(None, "--task", help="sparse_parity and/or modular_addition."),
-    full: bool = typer.Option(False, "--full", help="The spec's epoch caps and seed count."),
+    full: bool = typer.Option(False, "--full", help="The full protocol: epoch caps 20000 (sparse parity) and 1000 (modular addition), 10 seeds."),
     out: str = typer.Option(DEFAULT_OUT, "--out"),
 ) -> None:
     """Baseline vs GrokAlign: grokking epochs and wall time, Welch tests, Jacobian metrics along training."""
@@ -329,7 +331,7 @@ def main() -> None:
     try:
         app(standalone_mode=False)
     except RBAError as exc:
-        sys.stderr.write(f"rba: error: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}\n")
+        sys.stderr.write(f"rba: error: {first_line(exc, with_type=False)}\n")
         sys.exit(2)
     except (typer.Exit, SystemExit) as exc:
         code = getattr(exc, "exit_code", getattr(exc, "code", 0))

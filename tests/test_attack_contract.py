@@ -22,6 +22,7 @@ from robustbench_align.attacks.base import (
     FixedEpsAttack,
     MinimalAttack,
     Norm,
+    RefiningAttack,
     clean_correct_rows,
 )
 from robustbench_align.attacks.registry import get_attack, list_attacks, register_attack, unregister_attack
@@ -41,8 +42,8 @@ FAST: dict[str, dict[str, Any]] = {
     "pgd": {"steps": 10, "restarts": 1},
     "paper-pgd": {},
     "autoattack": {"attacks": ["apgd-ce"]},
-    "pgd-bisect": {"steps": 6},
-    "autoattack-bisect": {"steps": 4, "attacks": ["apgd-ce"]},
+    "pgd-bisect": {"steps": 4, "max_groups": 2},
+    "autoattack-bisect": {"steps": 3, "max_groups": 2, "max_doublings": 6, "attacks": ["apgd-ce"]},
     "pgd-refine": {"rounds": 1},
     "autoattack-refine": {"attacks": ["apgd-ce"], "rounds": 1},
     "veritas": {"time_limit": 10.0},
@@ -111,14 +112,22 @@ def run_contract(name: str, models: dict[str, tuple[Model, np.ndarray, np.ndarra
     assert isinstance(attack, (MinimalAttack, FixedEpsAttack))
     model, X, y = _model_for(attack, models)
     assert attack.applicable(model, attack.norms[0])
-    for norm in attack.norms:
-        eps = 1.0 if isinstance(attack, FixedEpsAttack) else None
-        args: tuple[Any, ...] = (eps,) if eps is not None else ()
+    eps = 1.0 if isinstance(attack, FixedEpsAttack) else None
+    args: tuple[Any, ...] = (eps,) if eps is not None else ()
+    for k, norm in enumerate(attack.norms):
+        if isinstance(attack, RefiningAttack):  # its main path: start from known radii (here 3.0 for every point)
+            upper = np.full(X.shape[0], 3.0)
+            res = attack.run_from(model, X, y, norm, upper)
+            _check_result(res, model, X, y, norm, None)
+            assert (res.distance[res.success] <= upper[res.success]).all()
+            if k > 0:
+                continue
         res = attack.run(model, X, y, norm, *args)
         _check_result(res, model, X, y, norm, eps)
-        again = get_attack(name, **FAST.get(name, {})).run(model, X, y, norm, *args)  # same seed, same result
-        np.testing.assert_array_equal(again.success, res.success)
-        np.testing.assert_allclose(again.distance, res.distance, rtol=1e-9)
+        if k == 0:  # same seed, same result
+            again = get_attack(name, **FAST.get(name, {})).run(model, X, y, norm, *args)
+            np.testing.assert_array_equal(again.success, res.success)
+            np.testing.assert_allclose(again.distance, res.distance, rtol=1e-9)
     unsupported = [n for n in NORMS if n not in attack.norms]
     for norm in unsupported:
         with pytest.raises(AttackError, match=f"does not support norm '{norm}'"):

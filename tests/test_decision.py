@@ -33,7 +33,7 @@ def exact_linear_radius(X, y, W, b, norm):
     """min over other classes of margin / dual norm of the weight difference."""
     dual = {"l2": 2, "linf": 1}[norm]
     out = []
-    for x, c in zip(X, y):
+    for x, c in zip(X, y, strict=True):
         r = [((x @ (W[:, c] - W[:, k])) + b[c] - b[k]) / np.linalg.norm(W[:, c] - W[:, k], dual) for k in range(W.shape[1]) if k != c]
         out.append(min(r))
     return np.array(out)
@@ -111,7 +111,7 @@ def test_single_tree_close_to_exact_box_distance():
     leaves = np.flatnonzero(t.children_left < 0)
     leaf_cls = t.value[leaves, 0].argmax(axis=1)
     exact = []
-    for x, c in zip(Xt, yt):
+    for x, c in zip(Xt, yt, strict=True):
         gap = np.maximum(np.maximum(lo[leaves] - x, x - hi[leaves]), 0).max(axis=1)
         exact.append(gap[leaf_cls != c].min())
     exact = np.array(exact)

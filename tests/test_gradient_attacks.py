@@ -13,11 +13,15 @@ from sklearn.datasets import make_classification
 from sklearn.preprocessing import StandardScaler
 
 from robustbench_align.attacks.autoattack import AutoAttack, attack_plan
-from robustbench_align.attacks.base import FixedEpsAttack, distances, finalize
+from robustbench_align.attacks.base import Candidates, FixedEpsAttack, Norm, distances
 from robustbench_align.attacks.bisection import MinimalByBisection, stab_groups
-from robustbench_align.attacks.gradient import (
-    CW, FAB, FMN, PGD, BoxMap, DeepFool, PaperPGD, project_to_ball, seeded,
-)
+from robustbench_align.attacks.cw import CW
+from robustbench_align.attacks.deepfool import DeepFool
+from robustbench_align.attacks.fab import FAB
+from robustbench_align.attacks.fmn import FMN
+from robustbench_align.attacks.paper_pgd import PaperPGD
+from robustbench_align.attacks.pgd import PGD
+from robustbench_align.attacks.torch_adapter import BoxMap, seeded
 from robustbench_align.errors import AttackError
 from robustbench_align.models.base import ProbaModel, TorchModel
 
@@ -137,7 +141,7 @@ def test_project_to_ball_never_reads_above_eps():
     X = rng.normal(size=(200, 5)) * 1e3
     for norm in ("linf", "l2", "l1"):
         Xa = X + rng.normal(size=X.shape)
-        P = project_to_ball(X, Xa, norm, 0.1)
+        P = Norm.of(norm).project(X, Xa, 0.1)
         assert np.all(distances(X, P, norm) <= 0.1)
 
 
@@ -190,16 +194,15 @@ class _VertexSearch(FixedEpsAttack):
     name = "vertex"
     norms = ("linf",)
 
-    def run(self, model, X, y, norm, eps):
-        X, y, norm = self._check(model, X, y, norm)
+    def _attack(self, model, X, y, norm, eps):
         d = X.shape[1]
         signs = np.array(np.meshgrid(*[[-1.0, 1.0]] * d)).reshape(d, -1).T
         cand = X.copy()
         for s in signs:
-            trial = X + float(eps) * s
+            trial = X + eps[:, None] * s
             hit = (model.predict(trial) != y) & np.all(cand == X, axis=1)
             cand[hit] = trial[hit]
-        return finalize(model, X, y, cand, norm, self.name, eps=float(eps))
+        return Candidates(x_adv=cand)
 
 
 def test_bisection_of_black_box_and_vectorised_attacks():
@@ -208,13 +211,13 @@ def test_bisection_of_black_box_and_vectorised_attacks():
     calls = []
 
     class Counting(_VertexSearch):
-        def run(self, model, X, y, norm, eps):
-            calls.append(np.ndim(eps))
-            return super().run(model, X, y, norm, eps)
+        def _attack(self, model, X, y, norm, eps):
+            calls.append(np.unique(eps).size)
+            return super()._attack(model, X, y, norm, eps)
 
     res = MinimalByBisection(Counting(), steps=14, rtol=1e-4, refine=False).run(m, X, y, "linf")
     _check_valid(m, X, y, res)
-    assert set(calls) == {0}  # a scalar-eps attack only ever gets one eps per call
+    assert set(calls) == {1}  # a scalar-eps attack only ever gets one eps per call
     assert np.all(res.distance >= exact * (1 - 1e-9))
     np.testing.assert_allclose(res.distance, exact, rtol=2e-3)
     res = MinimalByBisection(PGD(steps=20, restarts=1), steps=14, rtol=1e-4).run(m, X, y, "linf")
@@ -231,7 +234,8 @@ def test_bisection_of_black_box_and_vectorised_attacks():
 def test_minimal_attacks_on_mlp_are_valid_and_consistent(mlp3):
     m, X, y = mlp3
     med = {}
-    for attack, norms in ((FMN(), ("linf", "l2", "l1")), (FAB(restarts=2), ("linf", "l2", "l1")), (DeepFool(), ("l2",)), (CW(steps=60, binary_steps=6), ("l2",))):
+    runs = ((FMN(), ("linf", "l2", "l1")), (FAB(restarts=2), ("linf", "l2", "l1")), (DeepFool(), ("l2",)), (CW(steps=60, binary_steps=6), ("l2",)))
+    for attack, norms in runs:
         for norm in norms:
             res = attack.run(m, X, y, norm)
             _check_valid(m, X, y, res)

@@ -31,7 +31,8 @@ from robustbench_align import load_dataset, wrap
 from robustbench_align.errors import AttackError, ConfigError, DataError, ModelError, RBAError, StoreError
 from robustbench_align.models.base import Model
 from robustbench_align.models.registry import list_models
-from robustbench_align.runner.plan import Plan, load_plan, plan_from_dict, run_plan
+from robustbench_align.runner.api import run_plan
+from robustbench_align.runner.config import Plan, load_plan, plan_from_dict
 from robustbench_align.runner.store import RecordError, RunRecord, Store, exclusive
 
 torch.set_num_threads(1)
@@ -636,8 +637,6 @@ def test_sklearn_forest_on_values_beyond_float32(models):
     assert isinstance(pred, ModelError) or np.array_equal(pred, model.tree_ensemble().predict(X))
 
 
-@pytest.mark.xfail(strict=True, raises=AttackError, reason="attacks/gradient.py PGD via BoxMap.for_fixed: eps=1e308 overflows the box scale "
-                   "(2*r = inf) and raises AttackError 'BoxMap: scale must be finite ...' instead of robust accuracy 0")
 def test_fixed_eps_pgd_with_astronomic_eps(models):
     from robustbench_align import robust_accuracy
 
@@ -648,9 +647,6 @@ def test_fixed_eps_pgd_with_astronomic_eps(models):
     assert df["robust_accuracy"].iloc[0] == 0.0
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason="attacks/gradient.py DeepFool: on a 3-8-2 ReLU MLP and these 4 points every "
-                   "candidate fails re-verification (4 rejected, radius inf) while FMN finds l2 radii 1.7-8.5; with a 5th point "
-                   "it works (the unit box from BoxMap.for_minimal looks too small for the batch)")
 def test_deepfool_finds_the_boundary_of_a_tiny_mlp(models):
     from robustbench_align import minimal_radius
 

@@ -477,3 +477,30 @@ def test_point_metrics_matches_separate_calls(rfam):
     assert out["r_lin_linf"].isna().all() and (out["reason"] == "no torch_logits: tree ensemble").all()
     with pytest.raises(ModelError, match=r"point_metrics: .*torch_logits"):
         point_metrics(StumpModel(), RNG.normal(size=(3, 3)), [0, 1, 0])
+
+
+def test_point_metrics_are_declared_once_and_read_everywhere():
+    import pandas as pd
+
+    from robustbench_align.metrics.registry import ALIGNMENT_METRICS, STORED_METRICS
+    from robustbench_align.reports.export import to_json_rows
+    from robustbench_align.reports.tables import leaderboard_from_frames
+    from robustbench_align.runner.store import POINT_COLUMNS
+
+    J = np.random.default_rng(0).normal(size=(4, 3, 5))
+    X = np.random.default_rng(1).normal(size=(4, 5))
+    frame = alignment_from_jacobians(J, X)
+    assert list(frame.columns) == [*ALIGNMENT_METRICS, "reason"] and METRICS == ALIGNMENT_METRICS
+    stored = [m.name for m in STORED_METRICS]
+    assert POINT_COLUMNS[-len(stored):] == stored  # the store's schema columns, in declaration order
+    runs = pd.DataFrame([{"run_id": "r", "model": "m", "family": "f", "dataset": "d", "threat": "linf", "norm": "linf", "seed": 0,
+                          "status": "ok", "attacks": [], "flags": {}, "rejected": 0}])
+    points = pd.DataFrame([{"run_id": "r", "correct": 1, "radius": 0.5, "lower_bound": np.nan, "robust_at": {"0.1": 1},
+                            **{m.name: 0.25 * (i + 1) for i, m in enumerate(STORED_METRICS)}} for _ in range(3)])
+    board = leaderboard_from_frames(runs, points)
+    row = to_json_rows(board)[0]
+    for i, m in enumerate(STORED_METRICS):
+        assert (m.name in board.columns) == m.leaderboard and (m.key in row) == m.leaderboard
+        if m.leaderboard:
+            assert board[m.name].iloc[0] == row[m.key] == 0.25 * (i + 1)
+

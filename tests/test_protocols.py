@@ -4,9 +4,9 @@ import pytest
 import torch
 
 from robustbench_align import build, load_dataset
-from robustbench_align.attacks.ensemble import fixed_eps_run, minimal_radius
+from robustbench_align.attacks.api import fixed_eps_run, minimal_radius
 from robustbench_align.models.base import TorchModel
-from robustbench_align.runner.plan import Job, run_job
+from robustbench_align.runner.job import Job, run_job
 
 
 @pytest.fixture(scope="module")

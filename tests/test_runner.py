@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from robustbench_align.runner.plan import load_plan, plan_from_dict, run_plan
+from robustbench_align.runner.api import run_plan
+from robustbench_align.runner.config import load_plan, plan_from_dict
 from robustbench_align.runner.store import Store
 
 SMALL = """

@@ -107,3 +107,39 @@ def test_lock_refuses_second_driver(tmp_path):
     assert out.startswith("refused:") and "in use" in out
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60).stdout
     assert out.strip() == "got"
+
+
+def test_store_from_before_a_metric_was_declared_gains_its_column(tmp_path):
+    p = tmp_path / "s.sqlite"
+    with Store(p) as st:
+        st.write([_record("old")])
+        st.conn.execute("ALTER TABLE points DROP COLUMN r_lin")  # as if r_lin had been declared after this store was made
+    with Store(p, readonly=True) as st:  # read-only: opened as it is
+        assert "r_lin" not in st.points().columns
+    with Store(p) as st:
+        new = _record("new")
+        for pt in new.points:
+            pt["r_lin"] = 0.25
+        st.write([new])
+        pts = st.points().set_index("run_id")
+    assert pts.loc["old", "r_lin"].isna().all() and (pts.loc["new", "r_lin"] == 0.25).all()
+    assert pts.loc["old", "normal_alignment"].eq(0.3).all()
+
+
+def test_jsonable_is_one_conversion_for_store_and_reports():
+    import json
+
+    import numpy as np
+    import pandas as pd
+
+    from robustbench_align.jsonable import jsonable
+
+    value = {1: np.float64(0.5), "s": {3, 1}, "t": (np.int64(2), np.bool_(True)), "a": np.arange(2), "nan": float("nan"),
+             "df": pd.DataFrame({"x": [1.0, float("inf")]})}
+    kept = jsonable(value)
+    assert kept["1"] == 0.5 and kept["s"] == [1, 3] and kept["t"] == [2, True] and kept["a"] == [0, 1]
+    assert math.isnan(kept["nan"]) and kept["df"] == [{"x": 1.0}, {"x": math.inf}]
+    strict = jsonable(value, finite=True)
+    assert strict["nan"] is None and strict["df"][1]["x"] is None
+    json.dumps(strict, allow_nan=False)
+    assert type(strict["t"][0]) is int and type(strict["t"][1]) is bool

@@ -2,14 +2,14 @@
 from __future__ import annotations
 
 import itertools
-import time
 
 import numpy as np
 import pytest
 
 from robustbench_align.attacks.base import distances
-from robustbench_align.attacks.trees_exact import KantchelianMILP, VeritasLinf
+from robustbench_align.attacks.trees import KantchelianMILP, VeritasLinf
 from robustbench_align.errors import AttackError
+from robustbench_align.models import trees as trees_mod
 from robustbench_align.models.base import Model, Tree, TreeEnsemble
 
 NORMS = ("linf", "l1", "l2")
@@ -237,7 +237,7 @@ def test_guard_retry_when_model_breaks_ties_differently():
             retries += res.flags["guard_retries"]
             for i in range(6):
                 if y[i] == 1:
-                    expect = brute_force(ens, X[i], 1, norm, lambda p: model.predict(p[None])[0] == 0)
+                    expect = brute_force(ens, X[i], 1, norm, lambda p, m=model: m.predict(p[None])[0] == 0)
                 else:
                     expect = brute_force(ens, X[i], 0, norm)
                 assert res.distance[i] == pytest.approx(expect, rel=1e-12, abs=1e-15)
@@ -311,13 +311,6 @@ def test_bad_arguments():
 # ----------------------------------------------------------------------------------------
 # Real XGBoost / scikit-learn models through the tree model module
 # ----------------------------------------------------------------------------------------
-try:
-    from robustbench_align.models import trees as trees_mod
-except ImportError:  # pragma: no cover - the tree model module is optional here
-    trees_mod = None
-needs_trees = pytest.mark.skipif(trees_mod is None, reason="robustbench_align.models.trees is not importable")
-
-
 def tabular(n=500, d=8, classes=2, seed=0):
     from sklearn.datasets import make_classification
 
@@ -334,7 +327,6 @@ def library_flips(est, X, y, res):
     return int(ok.sum())
 
 
-@needs_trees
 def test_real_xgboost_tiny_equals_brute_force():
     X, y = tabular(300, 2)
     est = trees_mod.XGBoostModel(n_estimators=3, max_depth=2).fit(X, y)
@@ -349,7 +341,6 @@ def test_real_xgboost_tiny_equals_brute_force():
             assert res.distance[i] == pytest.approx(brute_force(ens, Xt[i], yt[i], norm), rel=1e-9, abs=1e-12)
 
 
-@needs_trees
 @needs_veritas
 def test_xgboost_20_trees_milp_equals_veritas():
     X, y = tabular(600, 8)
@@ -372,7 +363,6 @@ def test_xgboost_20_trees_milp_equals_veritas():
         assert np.all(milp_res.distance <= res.distance * (1 + 1e-9))
 
 
-@needs_trees
 def test_multiclass_random_forest_and_gbdt():
     X, y = tabular(450, 5, classes=3, seed=1)
     rf = trees_mod.RandomForestModel(n_estimators=8, max_depth=4).fit(X, y)
@@ -395,7 +385,6 @@ def test_multiclass_random_forest_and_gbdt():
             np.testing.assert_allclose(ver.distance, lin.distance, rtol=0, atol=1e-9)
 
 
-@needs_trees
 def test_binary_forest_and_gbdt_l2():
     X, y = tabular(400, 6, seed=2)
     Xt, yt = X[:6], y[:6]
@@ -407,7 +396,6 @@ def test_binary_forest_and_gbdt_l2():
         assert np.all(res.is_exact())
 
 
-@needs_trees
 def test_time_limit_is_honoured_with_sound_bounds():
     """0.02 s per point on a 100x6 model: not enough to certify, but the bounds stay sound and finite."""
     X, y = tabular(3000, 20, seed=3)
@@ -427,7 +415,6 @@ def test_time_limit_is_honoured_with_sound_bounds():
         assert res.flags["timeouts"] >= 1
 
 
-@needs_trees
 @pytest.mark.slow
 @needs_veritas
 @pytest.mark.parametrize("depth", [4, 6])

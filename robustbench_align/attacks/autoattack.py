@@ -25,21 +25,23 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import logging
-import time
-from typing import Any, Iterator, Sequence
+from collections.abc import Iterator, Sequence
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 
 from ..errors import AttackError
 from ..models.base import Model
-from .base import AttackResult, FixedEpsAttack, finalize
-from .gradient import BoxMap, Keeper, _TorchAttack, _int_arg, derive_seed, eps_vector, frozen_parameters, project_to_ball, seeded
+from .base import NORMS, Candidates, FixedEpsAttack, Norm, clean_correct_rows
+from .candidates import Keeper
+from .params import derive_seed, int_arg
+from .torch_adapter import BoxMap, TorchAttack, frozen_parameters, library_norm_name, seeded
 
 log = logging.getLogger(__name__)
 
 PYAUTOATTACK_INSTALL = "pip install pyautoattack==0.2.0"
-_NORM = {"linf": "Linf", "l2": "L2", "l1": "L1"}
+PYAUTOATTACK_HINT = f"install it with `{PYAUTOATTACK_INSTALL}`"
 ATTACK_NAMES = ("apgd-ce", "apgd-dlr", "apgd-t", "fab", "fab-t", "square")
 
 
@@ -53,7 +55,7 @@ def import_pyautoattack() -> Any:
     try:
         import pyautoattack
     except ImportError:
-        raise AttackError(f"pyautoattack is not installed; install it with `{PYAUTOATTACK_INSTALL}`") from None
+        raise AttackError(f"pyautoattack is not installed; {PYAUTOATTACK_HINT}") from None
     return pyautoattack
 
 
@@ -69,17 +71,18 @@ def quiet_logger(name: str = "auto-attack", level: int = logging.ERROR) -> Itera
         lg.setLevel(old)
 
 
-def attack_plan(n_classes: int, norm: str) -> tuple[list[str], dict[str, Any]]:
+def attack_plan(n_classes: int, norm: Norm | str) -> tuple[list[str], dict[str, Any]]:
     """The attack list and settings used for a class count and norm (see the module docstring)."""
+    l1 = Norm.of(norm).p == 1
     c = int(n_classes)
     if c < 2:
         raise AttackError(f"autoattack: a classifier needs at least 2 classes, got {c}")
     targets = min(9, c - 1)
     few = c <= 3  # at most 2 targets: restarts buy back the effort of the standard version's 9 targets
     settings: dict[str, Any] = {
-        "apgd_restarts": 5 if (norm == "l1" or few) else 1,
-        "apgd_largereps": norm == "l1",
-        "apgd_targets": min(5 if norm == "l1" else 9, c - 1),
+        "apgd_restarts": 5 if (l1 or few) else 1,
+        "apgd_largereps": l1,
+        "apgd_targets": min(5 if l1 else 9, c - 1),
         "fab_targets": targets,
         "fab_restarts": 5 if few else 1,
         "square_queries": 5000,
@@ -118,7 +121,7 @@ def configure(aa: Any, settings: dict[str, Any]) -> None:
     aa.square.n_queries = settings["square_queries"]
 
 
-class AutoAttack(_TorchAttack, FixedEpsAttack):
+class AutoAttack(TorchAttack, FixedEpsAttack):
     """AutoAttack at fixed eps (linf/l2/l1) for any number of classes >= 2, seeded.
 
     `attacks` overrides the class-count default list (validated); `square_queries` trims Square's
@@ -128,15 +131,16 @@ class AutoAttack(_TorchAttack, FixedEpsAttack):
     """
 
     name = "autoattack"
-    norms = ("linf", "l2", "l1")
+    norms = NORMS
     per_point_eps = False
+    install_hint: ClassVar[str] = PYAUTOATTACK_HINT
 
     def __init__(self, attacks: Sequence[str] | None = None, seed: int = 0, batch_size: int = 500,
-                 square_queries: int = 5000, margin: float = 0.1):
+                 square_queries: int = 5000, margin: float = 0.1) -> None:
         self.attacks = None if attacks is None else list(attacks)
         self.seed = int(seed)
-        self.batch_size = _int_arg(batch_size, "autoattack: batch_size")
-        self.square_queries = _int_arg(square_queries, "autoattack: square_queries")
+        self.batch_size = int_arg(batch_size, "autoattack: batch_size")
+        self.square_queries = int_arg(square_queries, "autoattack: square_queries")
         if not (np.isfinite(margin) and margin >= 0):
             raise AttackError(f"autoattack: margin must be >= 0, got {margin!r}")
         self.margin = float(margin)
@@ -145,7 +149,7 @@ class AutoAttack(_TorchAttack, FixedEpsAttack):
     def available(cls) -> bool:
         return pyautoattack_available()
 
-    def plan(self, n_classes: int, norm: str) -> tuple[list[str], dict[str, Any]]:
+    def plan(self, n_classes: int, norm: Norm | str) -> tuple[list[str], dict[str, Any]]:
         """The attack list and settings this instance runs for a class count and norm."""
         attacks, settings = attack_plan(n_classes, norm)
         settings["square_queries"] = self.square_queries
@@ -153,44 +157,49 @@ class AutoAttack(_TorchAttack, FixedEpsAttack):
             attacks = check_attack_list(self.attacks, n_classes)
         return attacks, settings
 
-    def run(self, model: Model, X: np.ndarray, y: np.ndarray, norm: str, eps: Any) -> AttackResult:
-        t0 = time.perf_counter()
-        model, X, y, norm = self._prepare(model, X, y, norm)
-        e = eps_vector(eps, X.shape[0])
+    def _attack(self, model: Model, X: np.ndarray, y: np.ndarray, norm: Norm, eps: np.ndarray) -> Candidates:
         pya = import_pyautoattack()
         attacks, settings = self.plan(model.n_classes, norm)
-        keeper = Keeper(model, X, y, norm, e)
-        todo = self._todo(model, X, y)
+        keeper = Keeper(model, X, y, norm, eps)
+        todo = clean_correct_rows(model, X, y)
         forwards = 0
         # white-box attacks see (n, d, 1, 1); Square runs after them on the points still robust, as
         # (n, d, 1, 1) for linf (one random sign per feature) and as a padded square image for l2/l1
         # (its L2/L1 initialisation tiles windows of side h // 5)
         stages = [([a for a in attacks if a != "square"], "nchw")]
         if "square" in attacks:
-            stages.append((["square"], "nchw" if norm == "linf" else "square"))
+            stages.append((["square"], "nchw" if norm.p == np.inf else "square"))
         with frozen_parameters(model), quiet_logger():
-            for g, value in enumerate(np.unique(e[todo])):
+            for g, value in enumerate(np.unique(eps[todo])):
                 for st, (names, layout) in enumerate(stages):
-                    rows = todo[(e[todo] == value) & ~keeper.found[todo]]
+                    rows = todo[(eps[todo] == value) & ~keeper.found[todo]]
                     if rows.size == 0 or not names:
                         continue
                     box = BoxMap.for_ball(X[rows], norm, float(value), margin=self.margin * float(value))
                     mod = box.module(model, layout=layout)
                     aa = pya.AutoAttack(mod, attacks=list(names), device="cpu", eps=float(box.unit_eps(value)[0]),
-                                        norm=_NORM[norm], seed=derive_seed(self.seed, g, st), version="custom")
+                                        norm=library_norm_name(norm), seed=derive_seed(self.seed, g, st), version="custom")
                     configure(aa, settings)
                     U = box.unit_tensor(X[rows], layout)
                     with seeded(derive_seed(self.seed, g, st, 1)):
                         adv, _ = aa.run_standard_evaluation(U, torch.as_tensor(y[rows]), batch_size=self.batch_size)
                     changed = (adv != U).reshape(rows.size, -1).any(dim=1).numpy()
-                    cand = project_to_ball(X[rows], box.from_unit(adv), norm, value)
+                    cand = norm.project(X[rows], box.from_unit(adv), value)
                     cand[~changed] = X[rows][~changed]
                     keeper.offer(rows, cand, changed)
                     forwards += mod.rows
-        res = finalize(model, X, y, keeper.best, norm, self.name, eps=e, t0=t0)
-        res.rejected += keeper.rejected()
-        res.flags.update({"attacks": list(attacks), "forward_rows": int(forwards)})
-        return res
+        return keeper.candidates(flags={"attacks": list(attacks), "forward_rows": int(forwards)})
 
 
-__all__ = ["AutoAttack", "attack_plan", "check_attack_list", "quiet_logger", "pyautoattack_available", "PYAUTOATTACK_INSTALL"]
+__all__ = [
+    "ATTACK_NAMES",
+    "PYAUTOATTACK_HINT",
+    "PYAUTOATTACK_INSTALL",
+    "AutoAttack",
+    "attack_plan",
+    "check_attack_list",
+    "configure",
+    "import_pyautoattack",
+    "pyautoattack_available",
+    "quiet_logger",
+]

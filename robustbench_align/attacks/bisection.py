@@ -8,7 +8,7 @@ adversarial found (after an optional bisection along its own ray, which uses `pr
 never a bisection eps; lo is not a certified bound (the attack may just have missed), so it is not
 reported as a lower bound.
 
-Attacks that take one eps per point (class attribute `per_point_eps = True`) are called once per
+Attacks that take one eps per point (`FixedEpsAttack.per_point_eps`) are called once per
 round with the whole eps vector. Any other FixedEpsAttack (black-box ones too) is called once per
 distinct eps value; to keep that affordable, a round tests each point at any eps in the central
 half of its bracket rather than exactly the midpoint, and points whose central halves overlap share
@@ -23,9 +23,9 @@ import time
 import numpy as np
 
 from ..errors import AttackError
-from ..models.base import Model, wrap
-from .base import NORMS, AttackResult, FixedEpsAttack, MinimalAttack, finalize
-from .gradient import refine_along_ray
+from ..models.base import Model
+from .base import Candidates, FixedEpsAttack, MinimalAttack, Norm, clean_correct_rows
+from .candidates import refine_along_ray
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +57,7 @@ class MinimalByBisection(MinimalAttack):
     name = "bisection"
 
     def __init__(self, fixed_eps_attack: FixedEpsAttack, steps: int = 12, rtol: float = 1e-3, eps_init: float | None = None,
-                 max_doublings: int = 20, max_groups: int = 16, time_limit: float | None = None, refine: bool = True):
+                 max_doublings: int = 20, max_groups: int = 16, time_limit: float | None = None, refine: bool = True) -> None:
         if not isinstance(fixed_eps_attack, FixedEpsAttack):
             raise AttackError(f"bisection wraps a FixedEpsAttack, got {type(fixed_eps_attack).__name__}")
         for val, nm in ((steps, "steps"), (max_doublings, "max_doublings"), (max_groups, "max_groups")):
@@ -79,25 +79,24 @@ class MinimalByBisection(MinimalAttack):
         self.refine = bool(refine)
         self.name = f"{fixed_eps_attack.name}-bisect"
         self.requires = fixed_eps_attack.requires
-        self.norms = tuple(getattr(fixed_eps_attack, "norms", NORMS))
+        self.norms = tuple(fixed_eps_attack.norms)
 
     def __repr__(self) -> str:
         return f"MinimalByBisection({self.inner!r}, steps={self.steps}, rtol={self.rtol})"
 
-    def run(self, model: Model, X: np.ndarray, y: np.ndarray, norm: str) -> AttackResult:
+    def _attack(self, model: Model, X: np.ndarray, y: np.ndarray, norm: Norm) -> Candidates:
         t0 = time.perf_counter()
-        model = wrap(model)
-        X, y, norm = self._check(model, X, y, norm)
         n, d = X.shape
         best = X.copy()
         best_d = np.full(n, np.inf)
         lo = np.zeros(n)
         queries = np.zeros(n, dtype=np.int64)
-        todo = np.flatnonzero(model.predict(X) == y) if n else np.zeros(0, dtype=np.int64)
-        eps0 = self.eps_init or _EPS0 * {"linf": 1.0, "l2": np.sqrt(d), "l1": float(d)}[norm]
+        todo = clean_correct_rows(model, X, y)
+        # 0.1 per feature: the norm of the all-0.1 vector (linf 0.1, l2 0.1 sqrt(d), l1 0.1 d)
+        eps0 = self.eps_init or _EPS0 * float(norm.norms(np.ones((1, d)))[0])
         n_bracket = np.zeros(n, dtype=np.int64)
         n_bisect = np.zeros(n, dtype=np.int64)
-        vectorised = bool(getattr(self.inner, "per_point_eps", False))
+        vectorised = self.inner.per_point_eps
         # a grouped test anywhere in the central half shrinks the bracket to at most 3/4 (not 1/2)
         bisect_budget = self.steps if vectorised else int(np.ceil(self.steps * np.log(2.0) / np.log(4.0 / 3.0)))
         calls = rounds = 0
@@ -144,9 +143,7 @@ class MinimalByBisection(MinimalAttack):
         if self.refine:  # shrink each best perturbation along its ray to the boundary (predict only)
             found = np.flatnonzero(np.isfinite(best_d))
             best = refine_along_ray(model, X, y, best, found)
-        res = finalize(model, X, y, best, norm, self.name, t0=t0, queries=queries)
-        res.flags.update({"inner": self.inner.name, "calls": calls, "rounds": rounds})
-        return res
+        return Candidates(x_adv=best, queries=queries, flags={"inner": self.inner.name, "calls": calls, "rounds": rounds})
 
 
 __all__ = ["MinimalByBisection", "stab_groups"]

@@ -8,17 +8,17 @@ Per point: start from an adversarial point (the nearest points of the batch that
 another class, and random directions of growing norm), binary-search to the decision boundary,
 then repeat: estimate the boundary normal by sampling decisions around the boundary point, take a
 geometric step along it, binary-search back to the boundary. Everything is vectorised over the
-batch; each point has its own query budget, and every candidate is verified by `finalize`.
+batch; each point has its own query budget, and the base class verifies every candidate.
 """
 from __future__ import annotations
 
 import logging
-import time
 
 import numpy as np
 
+from ..errors import AttackError
 from ..models.base import Model
-from .base import AttackResult, MinimalAttack, distances, finalize
+from .base import Candidates, MinimalAttack, Norm
 
 log = logging.getLogger(__name__)
 
@@ -45,10 +45,8 @@ class HopSkipJump(MinimalAttack):
         max_halvings: int = 30,
         seed: int = 0,
         chunk_rows: int = 100_000,
-    ):
+    ) -> None:
         if max_queries < 1 or init_samples < 2 or max_iter < 0:
-            from ..errors import AttackError
-
             raise AttackError("hsj: max_queries >= 1, init_samples >= 2 and max_iter >= 0 are required")
         self.max_queries = int(max_queries)
         self.max_iter = int(max_iter)
@@ -81,15 +79,18 @@ class HopSkipJump(MinimalAttack):
         return out
 
     @staticmethod
-    def _along(Xo: np.ndarray, diff: np.ndarray, lam: np.ndarray, norm: str, top: np.ndarray) -> np.ndarray:
+    def _along(Xo: np.ndarray, diff: np.ndarray, lam: np.ndarray, norm: Norm, top: np.ndarray) -> np.ndarray:
         """The point at fraction lam of the way from Xo towards Xo+diff (l2: the segment; linf: the box projection)."""
-        if norm == "l2":
-            return Xo + lam[:, None] * diff
-        r = (lam * top)[:, None]
-        return Xo + np.clip(diff, -r, r)
+        out: np.ndarray
+        if norm.p == 2:
+            out = Xo + lam[:, None] * diff
+        else:
+            r = (lam * top)[:, None]
+            out = Xo + np.clip(diff, -r, r)
+        return out
 
     def _boundary(self, model: Model, Xo: np.ndarray, yo: np.ndarray, Xa: np.ndarray, owner: np.ndarray,
-                  qt: np.ndarray, cap: np.ndarray, tol: float, norm: str,
+                  qt: np.ndarray, cap: np.ndarray, tol: float, norm: Norm,
                   targets: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Binary search between clean Xo (phi=0) and adversarial Xa (phi=1), per row.
 
@@ -123,24 +124,25 @@ class HopSkipJump(MinimalAttack):
             hi[idx[ph]] = mid[ph]
             lo[idx[~ph]] = mid[~ph]
         pts = self._along(Xo, diff, hi, norm, top)
-        return pts, distances(Xo, pts, norm)
+        return pts, norm.distance(Xo, pts)
 
     def _initial(self, model: Model, X: np.ndarray, y: np.ndarray, pred: np.ndarray, todo: np.ndarray,
-                 q: np.ndarray, norm: str, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+                 q: np.ndarray, norm: Norm, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         """Adversarial starting candidates for the points in `todo`: (owner, candidate rows) pairs.
 
         Batch points predicted in another class cost no queries (their predictions are known);
         random directions of doubling norm cost init_directions queries per radius tried.
         """
         n, d = X.shape
-        owners, cands = [], []
+        owners: list[int] = []
+        cands: list[np.ndarray] = []
         # the nearest batch point of each other predicted class (up to init_candidates classes)
         k = self.init_candidates
         if k > 0 and n > 1:
             classes = np.unique(pred)
             for s in range(0, todo.size, 256):
                 rows = todo[s : s + 256]
-                D = np.stack([distances(np.broadcast_to(X[i], X.shape), X, norm) for i in rows])
+                D = np.stack([norm.distance(np.broadcast_to(X[i], X.shape), X) for i in rows])
                 near = np.full((rows.size, classes.size), -1, dtype=np.int64)
                 near_d = np.full((rows.size, classes.size), np.inf)
                 for ci, c in enumerate(classes):
@@ -148,15 +150,15 @@ class HopSkipJump(MinimalAttack):
                     j = members[np.argmin(D[:, members], axis=1)]
                     near[:, ci] = j
                     near_d[:, ci] = np.where(y[rows] == c, np.inf, D[np.arange(rows.size), j])
-                for r, i in enumerate(rows):
-                    order = np.argsort(near_d[r], kind="stable")[:k]
-                    js = near[r, order[np.isfinite(near_d[r, order])]]
+                for ri, i in enumerate(rows):
+                    order = np.argsort(near_d[ri], kind="stable")[:k]
+                    js = near[ri, order[np.isfinite(near_d[ri, order])]]
                     owners.extend([i] * js.size)
                     cands.extend(X[js])
         # random directions of growing norm around each point
         spread = np.std(X, axis=0) if n > 1 else np.zeros(d)
         scale = float(np.median(spread[spread > 0])) if np.any(spread > 0) else max(1.0, float(np.max(np.abs(X))) if X.size else 1.0)
-        r = np.full(todo.size, 0.01 * scale * (np.sqrt(d) if norm == "l2" else 1.0))
+        r = np.full(todo.size, 0.01 * scale * (np.sqrt(d) if norm.p == 2 else 1.0))
         pending = np.ones(todo.size, dtype=bool)
         m = self.init_directions
         for _ in range(40):
@@ -164,7 +166,7 @@ class HopSkipJump(MinimalAttack):
             if act.size == 0:
                 break
             pts = todo[act]
-            if norm == "l2":
+            if norm.p == 2:
                 U = rng.standard_normal((act.size, m, d))
                 U /= np.linalg.norm(U, axis=2, keepdims=True)
             else:
@@ -183,14 +185,12 @@ class HopSkipJump(MinimalAttack):
         return np.asarray(owners, dtype=np.int64), np.asarray(cands, dtype=np.float64)
 
     # ------------------------------------------------------------------------------------
-    def run(self, model: Model, X: np.ndarray, y: np.ndarray, norm: str) -> AttackResult:
-        t0 = time.perf_counter()
-        X, y, norm = self._check(model, X, y, norm)
+    def _attack(self, model: Model, X: np.ndarray, y: np.ndarray, norm: Norm) -> Candidates:
         n, d = X.shape
         rng = np.random.default_rng(self.seed)
         q = np.zeros(n, dtype=np.int64)
         if n == 0:
-            return finalize(model, X, y, X.copy(), norm, self.name, t0=t0, queries=q)
+            return Candidates(x_adv=X.copy(), queries=q)
         pred = model.predict(X)
         q += 1
         todo = np.flatnonzero(pred == y)
@@ -211,10 +211,10 @@ class HopSkipJump(MinimalAttack):
                 best_d[found[better]] = dist[better]
         found = np.isfinite(best_d)
         log.debug("hsj: %d/%d points with an adversarial, median queries %s", found.sum(), n, np.median(q))
-        return finalize(model, X, y, np.where(found[:, None], best, X), norm, self.name, t0=t0, queries=q, claimed=found)
+        return Candidates(x_adv=np.where(found[:, None], best, X), claimed=found, queries=q)
 
     def _search(self, model: Model, X: np.ndarray, y: np.ndarray, owners: np.ndarray, pts: np.ndarray, dist: np.ndarray,
-                best: np.ndarray, best_d: np.ndarray, q: np.ndarray, norm: str, rng: np.random.Generator, tol: float) -> None:
+                best: np.ndarray, best_d: np.ndarray, q: np.ndarray, norm: Norm, rng: np.random.Generator, tol: float) -> None:
         """Iterate from the boundary points of the starting candidates, in place on (best, best_d, q).
 
         Multiclass boundaries are not convex, so a single start can settle on a farther class's
@@ -245,7 +245,7 @@ class HopSkipJump(MinimalAttack):
         n_tr = np.bincount(tr_owner, minlength=n)
         # with several tracks, each targets its class so it cannot drift onto another class's boundary
         tr_target = np.where(n_tr[tr_owner] > 1, cls[keep], -1)
-        for i, dd, p in zip(tr_owner, cur_d, cur):
+        for i, dd, p in zip(tr_owner, cur_d, cur, strict=True):
             if dd < best_d[i]:
                 best_d[i], best[i] = dd, p
         remaining = np.maximum(self.max_queries - q, 0)
@@ -266,7 +266,7 @@ class HopSkipJump(MinimalAttack):
         q[co] += qc
 
     def _iterate(self, model: Model, Xo: np.ndarray, yo: np.ndarray, tg: np.ndarray, owner: np.ndarray, cur: np.ndarray, cur_d: np.ndarray,
-                 best: np.ndarray, best_d: np.ndarray, qt: np.ndarray, cap: np.ndarray, norm: str, rng: np.random.Generator,
+                 best: np.ndarray, best_d: np.ndarray, qt: np.ndarray, cap: np.ndarray, norm: Norm, rng: np.random.Generator,
                  tol: float, t_done: int) -> int:
         """HopSkipJump iterations on tracks (rows of Xo, owned by points `owner`, targeting class tg
         where tg >= 0), each within its query cap; updates cur/cur_d/qt in place and the owners'
@@ -288,7 +288,7 @@ class HopSkipJump(MinimalAttack):
             for s in range(0, act.size, per):
                 sl = slice(s, s + per)
                 a = act[sl]
-                if norm == "l2":
+                if norm.p == 2:
                     U = rng.standard_normal((a.size, B, d))
                 else:
                     U = rng.uniform(-1.0, 1.0, size=(a.size, B, d))
@@ -303,7 +303,7 @@ class HopSkipJump(MinimalAttack):
             gn = np.linalg.norm(grad, axis=1)
             ok = gn > 0
             grad[ok] /= gn[ok, None]
-            v = grad if norm == "l2" else np.sign(grad)
+            v = grad if norm.p == 2 else np.sign(grad)
             # 2. geometric step size search: halve until the step stays adversarial
             eps = cur_d[act] / np.sqrt(t)
             moved = cur[act].copy()
@@ -322,7 +322,7 @@ class HopSkipJump(MinimalAttack):
             pts, dist = self._boundary(model, Xo[act], yo[act], moved, rows[act], qt, cap, tol, norm, tg[act])
             cur[act] = pts
             cur_d[act] = dist
-            for r, dd in zip(act, dist):
+            for r, dd in zip(act, dist, strict=True):
                 i = owner[r]
                 if dd < best_d[i]:
                     best_d[i] = dd

@@ -42,19 +42,19 @@ class AttackSpec:
 _ATTACKS: dict[str, AttackSpec] = {
     s.name: s
     for s in (
-        AttackSpec("fmn", "gradient:FMN", {}, "Fast Minimum-Norm attack (Pintor et al. 2021); minimal, linf/l2/l1, torch models"),
-        AttackSpec("fab", "gradient:FAB", {}, "Fast Adaptive Boundary attack (Croce & Hein 2020); minimal, linf/l2/l1, torch models"),
-        AttackSpec("deepfool", "gradient:DeepFool", {}, "DeepFool (Moosavi-Dezfooli et al. 2016); minimal, l2, torch models"),
-        AttackSpec("cw", "gradient:CW", {}, "Carlini-Wagner L2 (2017); minimal, l2, torch models"),
-        AttackSpec("pgd", "gradient:PGD", {}, "Projected gradient descent with restarts; fixed eps, linf/l2, torch models"),
-        AttackSpec("paper-pgd", "gradient:PaperPGD", {}, "The paper's protocol: 20-step linf PGD on MSE, step eps/10, random start, no restarts"),
+        AttackSpec("fmn", "fmn:FMN", {}, "Fast Minimum-Norm attack (Pintor et al. 2021); minimal, linf/l2/l1, torch models"),
+        AttackSpec("fab", "fab:FAB", {}, "Fast Adaptive Boundary attack (Croce & Hein 2020); minimal, linf/l2/l1, torch models"),
+        AttackSpec("deepfool", "deepfool:DeepFool", {}, "DeepFool (Moosavi-Dezfooli et al. 2016); minimal, l2, torch models"),
+        AttackSpec("cw", "cw:CW", {}, "Carlini-Wagner L2 (2017); minimal, l2, torch models"),
+        AttackSpec("pgd", "pgd:PGD", {}, "Projected gradient descent with restarts; fixed eps, linf/l2, torch models"),
+        AttackSpec("paper-pgd", "paper_pgd:PaperPGD", {}, "The paper's protocol: 20-step linf PGD on MSE, step eps/10, random start, no restarts"),
         AttackSpec("autoattack", "autoattack:AutoAttack", {}, "AutoAttack (Croce & Hein 2020) for tabular inputs; fixed eps, linf/l2, torch models"),
         AttackSpec("pgd-bisect", "bisection:MinimalByBisection", {}, "PGD turned into a minimal attack by bisection on eps", wraps="pgd"),
         AttackSpec("autoattack-bisect", "bisection:MinimalByBisection", {}, "AutoAttack turned into a minimal attack by bisection on eps", wraps="autoattack"),
         AttackSpec("pgd-refine", "refine:Refine", {"loss": "margin", "rounds": 3}, "margin-loss PGD just below each point's best radius so far (cheap refinement)", wraps="pgd"),
         AttackSpec("autoattack-refine", "refine:Refine", {}, "AutoAttack just below each point's best radius so far (refinement)", wraps="autoattack"),
-        AttackSpec("veritas", "trees_exact:VeritasLinf", {}, "Veritas A* search (Devos et al. 2021); exact/anytime linf, tree ensembles"),
-        AttackSpec("milp", "trees_exact:KantchelianMILP", {}, "Kantchelian et al. 2016 MILP via HiGHS; exact linf/l2/l1 with certified lower bounds, tree ensembles"),
+        AttackSpec("veritas", "trees.veritas:VeritasLinf", {}, "Veritas A* search (Devos et al. 2021); exact/anytime linf, tree ensembles"),
+        AttackSpec("milp", "trees.milp:KantchelianMILP", {}, "Kantchelian et al. 2016 MILP via HiGHS; exact linf/l2/l1 with certified lower bounds, tree ensembles"),
         AttackSpec("hsj", "decision:HopSkipJump", {}, "HopSkipJump (Chen et al. 2020); decision-based, linf/l2, any model with predict"),
     )
 }

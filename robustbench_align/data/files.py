@@ -13,7 +13,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ..errors import DataError
+from ..errors import DataError, first_line
 from .tabular import DEFAULT_TEST_SIZE, Dataset, build_dataset, one_line, short_list
 
 TARGET_CANDIDATES = ("target", "label", "class", "y")
@@ -48,8 +48,7 @@ def read_table(kind: str, path: str | os.PathLike) -> Any:
     except DataError:
         raise
     except Exception as exc:  # noqa: BLE001 - any parser failure becomes one clear line
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        raise DataError(f"{who}: could not be read as {kind} ({type(exc).__name__}: {first})") from None
+        raise DataError(f"{who}: could not be read as {kind} ({first_line(exc)})") from None
     if frame.shape[0] == 0:
         raise DataError(f"{who}: the table has no rows")
     return frame

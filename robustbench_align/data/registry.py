@@ -132,7 +132,7 @@ def make_sparse_parity(seed: int, n: int = 2000, n_bits: int = 43, k: int = 3) -
     """Sparse parity: n distinct ±1 vectors of n_bits bits; label 1 iff the product of the first k bits is +1.
 
     The default (k = 3 parity bits + 40 noise bits, d = 43, n = 2000 unique vectors) is the
-    grokking task of `methods.md` §2.3 (which splits 50/50: pass test_size=0.5 for that).
+    sparse-parity grokking task of the seed paper, arXiv 2605.08464 (which splits 50/50: pass test_size=0.5 for that).
     """
     who = "dataset 'sparse_parity'"
     n_bits = _int(who, "n_bits", n_bits, 1, 4096)
@@ -204,7 +204,7 @@ REGISTRY: dict[str, DatasetEntry] = {
         DatasetEntry("wine", _sklearn("load_wine"), "Wine cultivars from chemical analysis", _SK, 178, 13, 3),
         DatasetEntry("iris", _sklearn("load_iris"), "Fisher's iris, 3 x 50 flowers", _SK, 150, 4, 3),
         DatasetEntry("digits", _sklearn("load_digits"), "8x8 handwritten digits, pixel counts 0-16", _SK, 1797, 64, 10),
-        DatasetEntry("sparse_parity", make_sparse_parity, "±1 bits; label = parity of 3 bits, 40 noise bits (methods §2.3)",
+        DatasetEntry("sparse_parity", make_sparse_parity, "±1 bits; label = parity of 3 bits, 40 noise bits (the seed paper's grokking task)",
                      _GEN, 2000, 43, 2, {"n": 2000, "n_bits": 43, "k": 3}, generated=True),
         DatasetEntry("xor", make_xor, "Gaussian features; label = 1 if x1*x2 > 0, d-2 noise features",
                      _GEN, 1000, 10, 2, {"n": 1000, "d": 10}, generated=True),

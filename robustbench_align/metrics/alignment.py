@@ -1,4 +1,4 @@
-"""Per-point Jacobian-alignment metrics (spec `methods.md` §1.3–§1.4).
+"""Per-point Jacobian-alignment metrics: normal alignment (arXiv 2605.08464), centroid alignment, effective rank.
 
 All metrics are functions of the point x, the output f(x) and the Jacobian J_x (c × d) of the
 model's differentiable outputs: the logits of an MLP (where the network is piecewise affine, so
@@ -26,21 +26,12 @@ import pandas as pd
 from ..errors import ModelError
 from ..models.base import check_features
 from .jacobian import JacobianBatch, as_metric_model, outputs_and_jacobians, require_differentiable, unsupported_reason
+from .registry import ALIGNMENT_METRICS
 
 log = logging.getLogger(__name__)
 
-METRICS = (
-    "normal_alignment",
-    "centroid_alignment",
-    "centroid_norm",
-    "centroid_inner",
-    "effective_rank",
-    "effective_rank_normalized",
-    "pc1_explained_variance",
-    "offset_norm",
-    "jacobian_norm",
-    "x_norm",
-)
+METRICS = ALIGNMENT_METRICS  # the frame's metric columns, declared in `metrics.registry`
+_NEEDS_JACOBIAN = [m for m in METRICS if m != "x_norm"]  # NaN where the Jacobian is not finite
 _COS_EPS = 1e-8
 
 
@@ -147,7 +138,7 @@ def alignment_from_jacobians(J: np.ndarray, X: np.ndarray, outputs: np.ndarray |
     reason[~finite.numpy()] = "non-finite Jacobian"
     bad_rows = ~finite.numpy()
     if bad_rows.any():
-        frame.loc[bad_rows, list(METRICS[:-1])] = np.nan
+        frame.loc[bad_rows, _NEEDS_JACOBIAN] = np.nan
     frame["reason"] = reason
     return frame
 

@@ -21,7 +21,7 @@ from typing import Any, Iterator, Literal
 
 import numpy as np
 
-from ..errors import ModelError
+from ..errors import ModelError, first_line
 from ..models.base import Model, check_features, wrap
 
 log = logging.getLogger(__name__)
@@ -170,8 +170,7 @@ def _torch_jacobians(model: Model, X: np.ndarray, chunk: int, mode: str) -> tupl
                 try:
                     out, J = _vmap_chunk(model, x, mode)
                 except Exception as exc:  # noqa: BLE001 - any vmap incompatibility: fall back, still batched
-                    log.info("%s: vmap Jacobian failed (%s: %s); using one batched backward pass per class",
-                             model.name, type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "")
+                    log.info("%s: vmap Jacobian failed (%s); using one batched backward pass per class", model.name, first_line(exc))
                     use_vmap = False
                     method = "per-class-backward"
             if not use_vmap:

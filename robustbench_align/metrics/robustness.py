@@ -1,4 +1,4 @@
-"""Local robustness read off the local affine model (spec `methods.md` §1.5, a reconstruction).
+"""Local robustness read off the local affine model: the local-linear margin radius in the threat norm.
 
 Around x the model is f(z) ≈ f(x) + J_x (z − x). The class-y vs class-j boundary of that affine
 model lies at the distance (f_y − f_j)(x) / ‖∇(f_y − f_j)(x)‖_* in the threat norm, where ‖·‖_* is

@@ -1,4 +1,4 @@
-"""Statistics for the alignment–robustness question and the paired RFM-vs-RFAM comparison.
+"""Statistics for the alignment–robustness question, the paired RFM-vs-RFAM comparison and two-sample tests.
 
 - `correlate`: Spearman and Pearson correlation of two point columns (e.g. normal alignment vs
   the measured radius), with percentile-bootstrap 95% intervals and permutation p-values, pooled
@@ -6,13 +6,18 @@
   computed as matrix operations over blocks of replicates (no per-replicate Python work beyond a
   block loop); permutation ranks are computed once, bootstrap Spearman re-ranks each resample
   (row-wise, vectorised) so it is the exact Spearman of the resample.
-- `paired_comparison` (spec §5.2): per-dataset relative difference (b − a)/|a|, counts of b
-  higher/lower, one-sided paired t-test and Wilcoxon signed-rank test.
-- `attack_success_rate` (spec §5.2): 100·(acc − robust acc)/acc.
+- `paired_comparison`: two models compared per dataset, as in the seed paper (arXiv 2605.08464):
+  relative difference (b − a)/|a|, counts of b higher/lower, one-sided paired t-test and
+  Wilcoxon signed-rank test.
+- `attack_success_rate`: ASR = 100·(acc − robust acc)/acc.
+- `welch_p`, `mannwhitney_p`: two-sided tests of two independent samples (e.g. grokking epochs),
+  NaN with the reason where a test is undefined.
 """
 from __future__ import annotations
 
 import logging
+import math
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Literal, Sequence
 
@@ -234,7 +239,7 @@ def correlate(
 
 
 # ----------------------------------------------------------------------------------------
-# Paired comparison (spec §5.2)
+# Paired comparison
 # ----------------------------------------------------------------------------------------
 @dataclass
 class PairedResult:
@@ -295,9 +300,9 @@ def _std(v: np.ndarray) -> float:
 
 
 def paired_comparison(a: Any, b: Any, alternative: Alternative = "greater", names: Sequence[str] = ("a", "b")) -> PairedResult:
-    """Compare b with a over paired datasets (spec §5.2), e.g. a = RFM, b = RFAM.
+    """Compare b with a over paired datasets, e.g. a = RFM, b = RFAM (the seed paper's comparison).
 
-    `alternative` is H1 about b: "greater" (b > a; the spec's test for accuracy and normal
+    `alternative` is H1 about b: "greater" (b > a; the paper's test for accuracy and normal
     alignment, H1 RFAM higher), "less" (b < a; for normalised effective rank and ASR) or
     "two-sided". Reports mean ± std (ddof=1) of each arm, of b − a and of the relative difference
     (b − a)/|a| (pairs with a = 0 are left out of it), counts of b higher/lower/equal, the paired
@@ -336,7 +341,7 @@ def paired_comparison(a: Any, b: Any, alternative: Alternative = "greater", name
 
 
 def attack_success_rate(test_acc: Any, robust_acc: Any) -> Any:
-    """ASR = 100·(acc − robust acc)/acc (spec §5.2), elementwise; NaN where acc <= 0.
+    """ASR = 100·(acc − robust acc)/acc, elementwise; NaN where acc <= 0.
 
     A relative accuracy drop over all test points (not success on correctly classified points
     only); acc and robust acc may be fractions or percentages as long as both use the same unit.
@@ -348,4 +353,32 @@ def attack_success_rate(test_acc: Any, robust_acc: Any) -> Any:
     return float(asr) if asr.ndim == 0 else asr
 
 
-__all__ = ["CorrelationResult", "PairedResult", "correlate", "paired_comparison", "attack_success_rate"]
+# ----------------------------------------------------------------------------------------
+# Two independent samples
+# ----------------------------------------------------------------------------------------
+def welch_p(a: Sequence[float], b: Sequence[float]) -> tuple[float, str | None]:
+    """Two-sided Welch t-test p-value of two independent samples (scipy `ttest_ind(equal_var=False)`), or NaN with the reason."""
+    if len(a) < 2 or len(b) < 2:
+        return math.nan, f"needs >= 2 values per group, got {len(a)} and {len(b)}"
+    if np.var(a) == 0 and np.var(b) == 0:
+        return math.nan, "both groups have zero variance"
+    with warnings.catch_warnings():  # a constant group (e.g. all censored at the cap) triggers a precision warning
+        warnings.simplefilter("ignore", RuntimeWarning)
+        p = float(sps.ttest_ind(np.asarray(a, float), np.asarray(b, float), equal_var=False).pvalue)
+    return (p, None) if math.isfinite(p) else (math.nan, "t-test undefined for these values")
+
+
+def mannwhitney_p(a: Sequence[float], b: Sequence[float]) -> tuple[float, str | None]:
+    """Two-sided Mann–Whitney U p-value of two independent samples, or NaN with the reason.
+
+    Valid with censoring at a common cap (censored values tie at the top).
+    """
+    if len(a) < 2 or len(b) < 2:
+        return math.nan, f"needs >= 2 values per group, got {len(a)} and {len(b)}"
+    if len(set(a) | set(b)) == 1:
+        return math.nan, "all values equal"
+    p = float(sps.mannwhitneyu(np.asarray(a, float), np.asarray(b, float), alternative="two-sided").pvalue)
+    return (p, None) if math.isfinite(p) else (math.nan, "U test undefined for these values")
+
+
+__all__ = ["CorrelationResult", "PairedResult", "correlate", "paired_comparison", "attack_success_rate", "welch_p", "mannwhitney_p"]

@@ -3,28 +3,23 @@
 A Model answers `predict_proba`/`predict` on numpy arrays and may expose two capabilities:
 `torch_logits(x)` (differentiable outputs, for gradient attacks and Jacobian metrics) and
 `tree_ensemble()` (a library-independent parse of a tree ensemble, for exact attacks).
+`wrap()` turns a foreign object into a Model through the adapter table in `models.adapters`.
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Literal, Sequence
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 
-from ..errors import DataError, ModelError
-
-CAPABILITIES = ("predict_proba", "torch_logits", "tree_ensemble")
-
+from ..errors import DataError, ModelError, first_line
+from .constraints import Constraint, Rule, check_params
 
 MAX_FEATURES = 10_000_000  # a sanity bound on declared input widths (a probe row of this size is 80 MB)
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return f"{type(exc).__name__}: {text.splitlines()[0]}" if text else type(exc).__name__
-
-
-def _who(name: Any) -> str:
+def display_name(name: Any) -> str:
     """A model name as it appears in an error message: on one line (control characters escaped)."""
     s = str(name)
     return s if s.isprintable() else "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in s)
@@ -32,31 +27,31 @@ def _who(name: Any) -> str:
 
 def check_features(X: Any, n_features: int, who: str = "model") -> np.ndarray:
     """Return X as a 2-D float64 array, or raise ModelError naming the width/finite problem."""
-    who = _who(who)
+    who = display_name(who)
     try:
         if np.iscomplexobj(X):
             raise ModelError(f"{who}: X is complex; pass real-valued features")
-        X = np.asarray(X, dtype=np.float64)
+        A = np.asarray(X, dtype=np.float64)
     except (TypeError, ValueError) as exc:
         if isinstance(exc, ModelError):
             raise
-        raise ModelError(f"{who}: X must be numeric, got {type(X).__name__} ({_first_line(exc)}); convert it to a float array") from None
-    if X.ndim == 1:
-        X = X.reshape(1, -1)
-    if X.ndim != 2:
-        raise ModelError(f"{who}: X must be 2-D (n_samples, n_features), got shape {X.shape}")
-    if X.shape[1] != n_features:
+        raise ModelError(f"{who}: X must be numeric, got {type(X).__name__} ({first_line(exc)}); convert it to a float array") from None
+    if A.ndim == 1:
+        A = A.reshape(1, -1)
+    if A.ndim != 2:
+        raise ModelError(f"{who}: X must be 2-D (n_samples, n_features), got shape {A.shape}")
+    if A.shape[1] != n_features:
         raise ModelError(
-            f"{who}: expects {n_features} features but X has {X.shape[1]}; pass data with the same columns the model was fitted on"
+            f"{who}: expects {n_features} features but X has {A.shape[1]}; pass data with the same columns the model was fitted on"
         )
-    if not np.all(np.isfinite(X)):
+    if not np.all(np.isfinite(A)):
         raise ModelError(f"{who}: X contains NaN or inf; impute or drop those rows first")
-    return X
+    return A
 
 
 def check_labels(y: Any, n_samples: int, who: str = "fit") -> tuple[np.ndarray, int]:
     """Validate integer class labels 0..K-1; return (y as int64, K). Raises DataError."""
-    who = _who(who)
+    who = display_name(who)
     y = np.asarray(y)
     if y.ndim != 1 or y.shape[0] != n_samples:
         raise DataError(f"{who}: y must be 1-D with {n_samples} labels, got shape {y.shape}")
@@ -91,6 +86,39 @@ def check_training_data(X: Any, y: Any, who: str) -> tuple[np.ndarray, np.ndarra
     return X, y, k
 
 
+def check_width(value: Any, who: str) -> int:
+    """A declared input width (wrap's n_features=): an integer in 1..MAX_FEATURES, else ModelError."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or not 1 <= int(value) <= MAX_FEATURES:
+        raise ModelError(f"{display_name(who)}: n_features must be an integer in 1..{MAX_FEATURES}, got {value!r}")
+    return int(value)
+
+
+def check_n_classes(value: Any, who: str) -> int:
+    """A declared number of classes (wrap's n_classes=): an integer >= 2, else ModelError."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or int(value) < 2:
+        raise ModelError(f"{display_name(who)}: n_classes must be an integer >= 2 (one output per class), got {value!r}")
+    return int(value)
+
+
+def softmax_rows(z: np.ndarray) -> np.ndarray:
+    """Row-wise softmax that also handles +inf logits (the mass goes to the +inf entries)."""
+    z = np.asarray(z, dtype=np.float64)
+    top = z.max(axis=1, keepdims=True)
+    with np.errstate(invalid="ignore", over="ignore"):
+        e = np.exp(z - top)
+    inf_rows = np.isposinf(top[:, 0])
+    if inf_rows.any():
+        e[inf_rows] = np.isposinf(z[inf_rows]).astype(np.float64)
+    out: np.ndarray = e / e.sum(axis=1, keepdims=True)
+    return out
+
+
+def argmax_rows(z: np.ndarray) -> np.ndarray:
+    """Column index of each row's maximum, ties to the lowest index (the decision rule of every Model)."""
+    idx: np.ndarray = np.argmax(z, axis=1)
+    return idx
+
+
 class Model:
     """Base class of the contract. Subclasses implement `predict_proba`; the rest is derived.
 
@@ -104,22 +132,26 @@ class Model:
     # --- required -----------------------------------------------------------------
     @property
     def n_features(self) -> int:  # pragma: no cover - overridden
+        """Input width d: predict/predict_proba take (n, d) arrays."""
         raise NotImplementedError
 
     @property
     def n_classes(self) -> int:  # pragma: no cover - overridden
+        """Number of classes K >= 2 (columns of predict_proba, labels 0..K-1)."""
         raise NotImplementedError
 
     def predict_proba(self, X: np.ndarray) -> np.ndarray:  # pragma: no cover - overridden
+        """Class probabilities (n, K), float64, rows summing to 1; ModelError for a wrong width or NaN."""
         raise NotImplementedError
 
     def predict(self, X: np.ndarray) -> np.ndarray:
         """Class index with the highest probability (ties to the lowest index, as numpy/sklearn)."""
-        return np.argmax(self.predict_proba(X), axis=1)
+        return argmax_rows(self.predict_proba(X))
 
     # --- capabilities ---------------------------------------------------------------
     @property
     def capabilities(self) -> frozenset[str]:
+        """"predict_proba" plus the optional capability methods this model defines."""
         caps = {"predict_proba"}
         for cap in ("torch_logits", "tree_ensemble"):
             if callable(getattr(self, cap, None)):
@@ -127,9 +159,11 @@ class Model:
         return frozenset(caps)
 
     def has(self, capability: str) -> bool:
+        """True when `capability` is in `capabilities`."""
         return capability in self.capabilities
 
     def _check_X(self, X: Any) -> np.ndarray:
+        """X as a checked 2-D float64 array of this model's width (see check_features)."""
         return check_features(X, self.n_features, who=self.name)
 
     def __repr__(self) -> str:
@@ -139,15 +173,28 @@ class Model:
 class FittedModel(Model):
     """The Model contract for sklearn-style estimators: widths come from the fitted attributes.
 
-    Subclasses name the attribute whose presence means "fitted" in `_fitted_attr` and set
-    `n_features_in_` and `n_classes_` in `fit`.
+    Subclasses name the attribute whose presence means "fitted" in `_fitted_attr`, set
+    `n_features_in_` and `n_classes_` in `fit`, and declare their hyperparameters' allowed values
+    in `_param_constraints` (and cross-parameter `_param_rules`), which `_check_params`
+    checks (see `models.constraints`).
     """
 
     _fitted_attr: str = "n_features_in_"
+    _param_constraints: ClassVar[dict[str, Constraint]] = {}
+    _param_rules: ClassVar[tuple[Rule, ...]] = ()
+
+    n_features_in_: int
+    n_classes_: int
+    family: str | None
+    saved_extra_: dict[str, Any]
 
     def _require_fitted(self) -> None:
         if not hasattr(self, self._fitted_attr):
             raise ModelError(f"{type(self).__name__} is not fitted; call fit(X, y) first")
+
+    def _check_params(self) -> None:
+        """Raise ModelError (one line) for a hyperparameter outside its declared constraint."""
+        check_params(self)
 
     @property
     def n_features(self) -> int:
@@ -184,7 +231,8 @@ class Tree:
 
     @property
     def is_leaf(self) -> np.ndarray:
-        return self.left < 0
+        leaf: np.ndarray = self.left < 0
+        return leaf
 
     def leaf_index(self, X32: np.ndarray, strict: bool) -> np.ndarray:
         """Node index of the leaf each row of float32 X reaches (vectorised over rows)."""
@@ -221,7 +269,7 @@ class TreeEnsemble:
     combine: Literal["sum", "mean"] = "sum"
     link: Literal["logistic", "softmax", "identity"] = "softmax"
     source: str = ""
-    meta: dict = field(default_factory=dict)
+    meta: dict[str, Any] = field(default_factory=dict)
 
     def leaves(self, X: np.ndarray) -> np.ndarray:
         X32 = np.asarray(X, dtype=np.float32)
@@ -236,7 +284,8 @@ class TreeEnsemble:
             acc += t.value[t.leaf_index(X32, self.strict)]
         if self.combine == "mean":
             acc /= len(self.trees)
-        return acc + np.asarray(self.bias, dtype=np.float64)
+        out: np.ndarray = acc + np.asarray(self.bias, dtype=np.float64)
+        return out
 
     def predict_proba(self, X: np.ndarray) -> np.ndarray:
         r = self.raw(X)
@@ -251,13 +300,9 @@ class TreeEnsemble:
         r = self.raw(X)
         if self.n_outputs == 1:
             return (r[:, 0] > 0).astype(np.int64)
-        return np.argmax(r, axis=1)
+        return argmax_rows(r)
 
-    @property
-    def n_leaves(self) -> int:
-        return int(sum(int(t.is_leaf.sum()) for t in self.trees))
-
-    def validate(self) -> "TreeEnsemble":
+    def validate(self) -> TreeEnsemble:
         """Check structural sanity (indices in range, no cycles, finite thresholds); raise ModelError."""
         for ti, t in enumerate(self.trees):
             n = t.n_nodes
@@ -292,200 +337,36 @@ class TreeEnsemble:
 
 
 # ----------------------------------------------------------------------------------------
-# Generic wrappers
+# wrap(): the adapter table lives in models.adapters (imported lazily: it imports this module)
 # ----------------------------------------------------------------------------------------
-def _check_width(value: Any, who: str) -> int:
-    """A declared input width: an integer in 1..MAX_FEATURES, else ModelError."""
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or not 1 <= int(value) <= MAX_FEATURES:
-        raise ModelError(f"{_who(who)}: n_features must be an integer in 1..{MAX_FEATURES}, got {value!r}")
-    return int(value)
-
-
-def _check_n_classes(value: Any, who: str) -> int:
-    """A declared number of classes: an integer >= 2, else ModelError."""
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or int(value) < 2:
-        raise ModelError(f"{_who(who)}: n_classes must be an integer >= 2 (one output per class), got {value!r}")
-    return int(value)
-
-
-def softmax_rows(z: np.ndarray) -> np.ndarray:
-    """Row-wise softmax that also handles +inf logits (the mass goes to the +inf entries)."""
-    z = np.asarray(z, dtype=np.float64)
-    top = z.max(axis=1, keepdims=True)
-    with np.errstate(invalid="ignore", over="ignore"):
-        e = np.exp(z - top)
-    inf_rows = np.isposinf(top[:, 0])
-    if inf_rows.any():
-        e[inf_rows] = np.isposinf(z[inf_rows]).astype(np.float64)
-    return e / e.sum(axis=1, keepdims=True)
-
-
-class TorchModel(Model):
-    """A torch `nn.Module` mapping (n, d) inputs to (n, c) logits."""
-
-    def __init__(self, module: Any, n_features: int, n_classes: int | None = None, name: str = "torch-model", dtype: Any = None):
-        import torch
-
-        self.name = str(name)
-        self._d = _check_width(n_features, self.name)
-        if n_classes is not None:
-            n_classes = _check_n_classes(n_classes, self.name)
-        self.module = module.eval()
-        if dtype is None:
-            params = list(module.parameters())
-            dtype = params[0].dtype if params else torch.float32
-        self.torch_dtype = dtype
-        try:
-            with torch.no_grad():
-                out = self.module(torch.zeros(1, self._d, dtype=dtype))
-        except Exception as exc:  # noqa: BLE001 - any failure of the user's module becomes one clear line
-            raise ModelError(
-                f"{_who(self.name)}: the module fails on a (1, {self._d}) input ({_first_line(exc)}); check n_features and the module"
-            ) from exc
-        if not isinstance(out, torch.Tensor) or out.ndim != 2:
-            shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-            raise ModelError(f"{_who(self.name)}: module must return (n, n_classes) logits, got {shape}")
-        if out.shape[1] < 2:
-            raise ModelError(f"{_who(self.name)}: module returns {int(out.shape[1])} output; wrap a module with one logit per class (>= 2)")
-        if n_classes is not None and n_classes != int(out.shape[1]):
-            raise ModelError(f"{_who(self.name)}: n_classes={n_classes} but the module returns {int(out.shape[1])} logits")
-        self._c = int(out.shape[1])
-
-    @property
-    def n_features(self) -> int:
-        return self._d
-
-    @property
-    def n_classes(self) -> int:
-        return self._c
-
-    def torch_logits(self, x: Any) -> Any:
-        return self.module(x.to(self.torch_dtype))
-
-    def predict_logits(self, X: np.ndarray) -> np.ndarray:
-        """Logits as float64 (n, c); ModelError when the module fails or returns NaN."""
-        import torch
-
-        X = self._check_X(X)
-        try:
-            with torch.no_grad():
-                out = self.torch_logits(torch.as_tensor(X, dtype=self.torch_dtype))
-        except Exception as exc:  # noqa: BLE001 - the user's module failing is reported on one line
-            raise ModelError(f"{_who(self.name)}: the module failed on X of shape {X.shape} ({_first_line(exc)})") from exc
-        z = out.detach().double().cpu().numpy()
-        if z.shape != (X.shape[0], self._c):
-            raise ModelError(f"{_who(self.name)}: module returned shape {z.shape}, expected {(X.shape[0], self._c)}")
-        if np.isnan(z).any():
-            raise ModelError(
-                f"{_who(self.name)}: module returned NaN logits for {int(np.isnan(z).any(axis=1).sum())} of {z.shape[0]} rows; "
-                "check the module's weights and the input scale"
-            )
-        return z
-
-    def predict_proba(self, X: np.ndarray) -> np.ndarray:
-        return softmax_rows(self.predict_logits(X))
-
-    def predict(self, X: np.ndarray) -> np.ndarray:
-        return np.argmax(self.predict_logits(X), axis=1)
-
-
-class ProbaModel(Model):
-    """Any `predict_proba`-style callable (black box): only the `predict_proba` capability."""
-
-    def __init__(self, fn: Callable[[np.ndarray], np.ndarray], n_features: int, n_classes: int | None = None, name: str = "black-box"):
-        self._fn = fn
-        self.name = str(name)
-        self._d = _check_width(n_features, self.name)
-        if n_classes is None:
-            p = self._call(np.zeros((1, self._d)))
-            if p.ndim != 2 or p.shape[1] < 2:
-                raise ModelError(f"{_who(self.name)}: callable must return (n, n_classes>=2) probabilities, got shape {p.shape}")
-            n_classes = p.shape[1]
-        self._c = _check_n_classes(n_classes, self.name)
-
-    def _call(self, X: np.ndarray) -> np.ndarray:
-        try:
-            out = self._fn(X)
-        except Exception as exc:  # noqa: BLE001 - the user's callable failing is reported on one line
-            raise ModelError(f"{_who(self.name)}: the predict_proba callable failed on X of shape {X.shape} ({_first_line(exc)})") from exc
-        try:
-            return np.asarray(out, dtype=np.float64)
-        except (TypeError, ValueError) as exc:
-            raise ModelError(f"{_who(self.name)}: the predict_proba callable returned a {type(out).__name__} that is not numeric ({_first_line(exc)})") from None
-
-    @property
-    def n_features(self) -> int:
-        return self._d
-
-    @property
-    def n_classes(self) -> int:
-        return self._c
-
-    def predict_proba(self, X: np.ndarray) -> np.ndarray:
-        X = self._check_X(X)
-        p = self._call(X)
-        if p.shape != (X.shape[0], self._c):
-            raise ModelError(f"{_who(self.name)}: predict_proba returned shape {p.shape}, expected {(X.shape[0], self._c)}")
-        if not np.all(np.isfinite(p)):
-            raise ModelError(
-                f"{_who(self.name)}: predict_proba returned NaN or inf for {int((~np.isfinite(p)).any(axis=1).sum())} of {p.shape[0]} rows; "
-                "a black box must return finite probabilities"
-            )
-        return p
-
-
-def _infer_in_features(module: Any) -> int | None:
-    import torch.nn as nn
-
-    for m in module.modules():
-        if isinstance(m, nn.Linear):
-            return int(m.in_features)
-    return None
-
-
 def wrap(obj: Any, *, n_features: int | None = None, n_classes: int | None = None, name: str | None = None) -> Model:
     """Turn a torch module, sklearn classifier, XGBoost model or predict_proba callable into a Model.
 
     This is how a new model joins the suite: tree ensembles get the exact-attack capability,
-    torch modules the gradient capability, everything else is attacked as a black box.
+    torch modules the gradient capability, everything else is attacked as a black box. The
+    first matching entry of the adapter table decides (`models.adapters.register_adapter` adds one).
     """
-    if isinstance(obj, Model):
-        return obj
-    if name is not None:
-        name = str(name)
-    mod = type(obj).__module__ or ""
-    try:
-        import torch.nn as nn
+    from .adapters import wrap as wrap_with_table
 
-        is_torch = isinstance(obj, nn.Module)
-    except ImportError:  # pragma: no cover
-        is_torch = False
-    if is_torch:
-        d = n_features if n_features is not None else _infer_in_features(obj)
-        if d is None:
-            raise ModelError("wrap: cannot infer the input width of this torch module; pass n_features=")
-        return TorchModel(obj, d, n_classes, name=name or type(obj).__name__)
-    if mod.startswith("xgboost"):
-        from .trees import wrap_xgboost
-
-        return wrap_xgboost(obj, name=name)
-    if mod.startswith("sklearn") or hasattr(obj, "predict_proba"):
-        from .trees import wrap_sklearn
-
-        return wrap_sklearn(obj, name=name, n_features=n_features)
-    if callable(obj):
-        if n_features is None:
-            raise ModelError("wrap: a predict_proba callable needs n_features=; pass the input width")
-        return ProbaModel(obj, n_features, n_classes, name=name or getattr(obj, "__name__", "black-box"))
-    raise ModelError(
-        f"wrap: cannot wrap a {type(obj).__name__}; pass a torch nn.Module, an sklearn classifier, "
-        "an XGBClassifier/Booster or a predict_proba callable"
-    )
+    return wrap_with_table(obj, n_features=n_features, n_classes=n_classes, name=name)
 
 
-def as_model(obj: Any) -> Model:
-    """Like wrap() for objects that are already usable; used by public entry points."""
-    return wrap(obj)
+_MOVED = {  # names that used to be defined here, now in their adapter module
+    "TorchModel": "robustbench_align.models.adapters.torch",
+    "ProbaModel": "robustbench_align.models.adapters.callable",
+}
 
 
-__all__: Sequence[str] = ["Model", "Tree", "TreeEnsemble", "TorchModel", "ProbaModel", "wrap", "check_features", "check_labels"]
+def __getattr__(name: str) -> Any:
+    """Lazy access to the adapters' Model classes under their old address (`from models.base import TorchModel`)."""
+    if name in _MOVED:
+        import importlib
+
+        return getattr(importlib.import_module(_MOVED[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+__all__: Sequence[str] = [
+    "MAX_FEATURES", "FittedModel", "Model", "Tree", "TreeEnsemble", "argmax_rows", "check_features", "check_labels", "check_n_classes",
+    "check_training_data", "check_width", "display_name", "softmax_rows", "wrap",
+]

@@ -1,6 +1,6 @@
-"""GrokAlign: the MLP trained with a Jacobian-norm (and offset) regulariser (spec `methods.md` §1.2, §2).
+"""GrokAlign: the MLP trained with a Jacobian-norm (and offset) regulariser (Walker et al., GrokAlign, arXiv 2506.12284).
 
-    L = task_loss + λ · ( E_x ‖J_x‖_F + E_x ‖b_x‖₂² )       (offset=True, the sparse-data paper)
+    L = task_loss + λ · ( E_x ‖J_x‖_F + E_x ‖b_x‖₂² )       (offset=True: Walker et al., arXiv 2605.08464)
     L = task_loss + λ ·   E_x ‖J_x‖_F                        (offset=False, GrokAlign v1)
 
 J_x = ∂f/∂x is the logits' input Jacobian and b_x = f(x) − J_x x the offset of the local affine
@@ -18,13 +18,13 @@ parameters; the regulariser terms are then only measured, for `history_`.
 from __future__ import annotations
 
 import logging
-import math
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any, ClassVar
 
-import numpy as np
 import torch
 
 from ..errors import ModelError
+from .constraints import Boolean, Constraint, Real
 from .mlp import MLP
 
 log = logging.getLogger(__name__)
@@ -68,21 +68,34 @@ def hutchinson_frobenius(module: Module, x: torch.Tensor, generator: torch.Gener
     return torch.sqrt(sq.clamp_min(HUTCHINSON_FLOOR))
 
 
-def jacobians(module: Module, x: torch.Tensor) -> torch.Tensor:
-    """Exact per-sample input Jacobians J_x, shape (n, k, d), by vmap(jacrev)."""
+def _require_matrix(x: object) -> None:
+    """ModelError unless x is a 2-D torch.Tensor (callers may pass anything at run time)."""
     if not isinstance(x, torch.Tensor) or x.ndim != 2:
         raise ModelError(f"expected a torch.Tensor of shape (n, d), got {getattr(x, 'shape', type(x).__name__)}")
+
+
+def _jvp(module: Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(f(x), J_x x) by forward mode (`torch.func.jvp` with tangent x)."""
+    res = torch.func.jvp(module, (x,), (x.detach(),))
+    return res[0], res[1]
+
+
+def jacobians(module: Module, x: torch.Tensor) -> torch.Tensor:
+    """Exact per-sample input Jacobians J_x, shape (n, k, d), by vmap(jacrev)."""
+    _require_matrix(x)
 
     def one(z: torch.Tensor) -> torch.Tensor:
         return module(z.unsqueeze(0)).squeeze(0)
 
-    return torch.func.vmap(torch.func.jacrev(one))(x.detach())
+    J: torch.Tensor = torch.func.vmap(torch.func.jacrev(one))(x.detach())
+    return J
 
 
 def exact_frobenius(module: Module, x: torch.Tensor) -> torch.Tensor:
     """Exact ‖J_x‖_F per sample, shape (n,)."""
     J = jacobians(module, x)
-    return J.flatten(1).norm(dim=1)
+    norms: torch.Tensor = J.flatten(1).norm(dim=1)
+    return norms
 
 
 def output_and_jvp(module: Module, x: torch.Tensor, method: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
@@ -96,21 +109,20 @@ def output_and_jvp(module: Module, x: torch.Tensor, method: str = "auto") -> tup
         raise ModelError(f"output_and_jvp: method must be 'auto', 'forward' or 'double-backward', got {method!r}")
     if method != "double-backward":
         try:
-            return torch.func.jvp(module, (x,), (x.detach(),))
+            return _jvp(module, x)
         except (RuntimeError, NotImplementedError) as exc:
             if method == "forward":
                 raise
             log.debug("forward-mode jvp unavailable (%s); using the double-backward jvp", exc)
     with torch.enable_grad():
         xi = _input_leaf(x)
-        out, jx = torch.autograd.functional.jvp(module, xi, x.detach(), create_graph=True)
+        out, jx = torch.autograd.functional.jvp(module, xi, x.detach(), create_graph=True)  # type: ignore[no-untyped-call]
     return out, jx
 
 
 def offset(module: Module, x: torch.Tensor) -> torch.Tensor:
     """The offset b_x = f(x) − J_x x of the local affine form f(x) = J_x x + b_x, shape (n, k)."""
-    if not isinstance(x, torch.Tensor) or x.ndim != 2:
-        raise ModelError(f"expected a torch.Tensor of shape (n, d), got {getattr(x, 'shape', type(x).__name__)}")
+    _require_matrix(x)
     out, jx = output_and_jvp(module, x)
     return out - jx
 
@@ -123,6 +135,12 @@ class GrokAlignMLP(MLP):
     """
 
     name = "mlp-grokalign"
+
+    _param_constraints: ClassVar[dict[str, Constraint]] = {
+        **MLP._param_constraints,
+        "lam": Real(0, noun="a finite number"),
+        "offset": Boolean(text="True (Jacobian + offset penalty) or False (Jacobian only, v1)"),
+    }
 
     def __init__(
         self,
@@ -153,14 +171,6 @@ class GrokAlignMLP(MLP):
         self.lam = lam
         self.offset = offset
 
-    def _check_extra_params(self) -> None:
-        who = type(self).__name__
-        ok = isinstance(self.lam, (int, float, np.integer, np.floating)) and not isinstance(self.lam, bool)
-        if not (ok and math.isfinite(float(self.lam)) and self.lam >= 0):
-            raise ModelError(f"{who}: lam must be a finite number >= 0, got {self.lam!r}")
-        if not isinstance(self.offset, (bool, np.bool_)):
-            raise ModelError(f"{who}: offset must be True (Jacobian + offset penalty) or False (Jacobian only, v1), got {self.offset!r}")
-
     def _batch_loss(self, module: Any, xb: torch.Tensor, yb: torch.Tensor, probe: torch.Generator) -> tuple[torch.Tensor, dict[str, float]]:
         """task + lam·(Hutchinson E‖J_x‖_F [+ E‖b_x‖²]); with lam = 0 the terms are measured only."""
         lam = float(self.lam)
@@ -180,7 +190,7 @@ class GrokAlignMLP(MLP):
                 off = ((logits - jx) ** 2).sum(dim=1).mean()
             else:
                 with torch.no_grad():
-                    out, jx0 = torch.func.jvp(module, (xb.detach(),), (xb.detach(),))
+                    out, jx0 = _jvp(module, xb.detach())
                     off = ((out - jx0) ** 2).sum(dim=1).mean()
             terms["offset"] = float(off.detach())
             reg = reg + off
@@ -188,4 +198,4 @@ class GrokAlignMLP(MLP):
         return loss, terms
 
 
-__all__ = ["GrokAlignMLP", "hutchinson_frobenius", "hutchinson_sq_from", "exact_frobenius", "jacobians", "offset", "output_and_jvp"]
+__all__ = ["GrokAlignMLP", "exact_frobenius", "hutchinson_frobenius", "hutchinson_sq_from", "jacobians", "offset", "output_and_jvp"]

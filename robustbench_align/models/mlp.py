@@ -5,10 +5,10 @@ The network is a plain `nn.Sequential` of `Linear` layers and activations mappin
 `torch_logits`. Training is deterministic given `random_state`: initialisation, batch order and any
 validation split draw from local generators and never touch (or read) the global torch RNG.
 
-Choices made where the spec leaves room (documented here on purpose):
+Design choices (documented here on purpose):
 - Initialisation is torch's default `Linear` rule (weights and biases uniform on
-  ±1/sqrt(fan_in)); `init_scale` multiplies every parameter afterwards, as in the large-init
-  grokking setups (spec `methods.md` §2.3, "weights ×8 at init").
+  ±1/sqrt(fan_in)); `init_scale` multiplies every parameter afterwards, as in the
+  large-initialisation grokking experiments (e.g. every weight ×8 at init).
 - `loss='mse'` is the mean over all entries of (logits − one-hot)², torch's `mse_loss` default.
 - `weight_decay` is decoupled for AdamW and an L2 term folded into the gradient for Adam/SGD.
 - With `early_stopping=True` the validation task loss is monitored every epoch and the weights of
@@ -20,16 +20,19 @@ from __future__ import annotations
 import json
 import logging
 import math
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 from sklearn.base import BaseEstimator
 from torch import nn
 
-from ..errors import DataError, ModelError
-from .base import FittedModel, check_features, check_training_data, softmax_rows
+from ..errors import DataError, ModelError, first_line
+from .base import FittedModel, argmax_rows, check_features, check_training_data, softmax_rows
+from .constraints import AnyOf, Boolean, Check, Constraint, Integer, Options, Real, is_int, optional
+from .dtypes import DTYPES, torch_dtype
 
 log = logging.getLogger(__name__)
 
@@ -38,12 +41,6 @@ META_FILE = "mlp.json"
 ACTIVATIONS = ("relu", "tanh", "gelu", "quadratic")
 OPTIMIZERS = ("adamw", "adam", "sgd")
 LOSSES = ("ce", "mse")
-DTYPES = ("float32", "float64")
-
-
-def torch_dtype(name: str) -> torch.dtype:
-    """The torch dtype for a dtype name of this module ('float32' or 'float64')."""
-    return torch.float64 if name == "float64" else torch.float32
 
 
 class Square(nn.Module):
@@ -82,7 +79,7 @@ def build_module(
     widths = [int(n_features), *[int(h) for h in hidden], int(n_classes)]
     layers: list[Any] = []
     for i in range(len(widths) - 1):
-        lin = nn.utils.skip_init(nn.Linear, widths[i], widths[i + 1], bias=bias, dtype=tdt)
+        lin = nn.utils.skip_init(nn.Linear, widths[i], widths[i + 1], bias=bias, dtype=tdt)  # type: ignore[no-untyped-call]
         with torch.no_grad():
             if generator is None:
                 for p in lin.parameters():
@@ -105,15 +102,13 @@ def _seeds(random_state: Any, n: int) -> list[int]:
     return [int(((st[2 * i] << np.uint64(31)) ^ st[2 * i + 1]) & np.uint64((1 << 63) - 1)) for i in range(n)]
 
 
-def _is_int(v: Any) -> bool:
-    return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
+def _is_hidden(v: Any) -> bool:
+    """One positive width or a list/tuple of them (an empty list: no hidden layer)."""
+    widths = [v] if is_int(v) else v
+    return isinstance(widths, (list, tuple)) and all(is_int(h) and h >= 1 for h in widths)
 
 
-def _is_num(v: Any) -> bool:
-    return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool) and math.isfinite(float(v))
-
-
-class MLP(BaseEstimator, FittedModel):
+class MLP(BaseEstimator, FittedModel):  # type: ignore[misc]  # sklearn is untyped
     """Fully connected classifier trained by minibatch gradient descent on cross-entropy or MSE.
 
     Capabilities: `predict_proba`, `predict`, `decision_function` (logits) and the differentiable
@@ -123,6 +118,25 @@ class MLP(BaseEstimator, FittedModel):
     _fitted_attr = "module_"
 
     name = "mlp"
+
+    _param_constraints: ClassVar[dict[str, Constraint]] = {
+        "hidden": Check(_is_hidden, text="a list of positive layer widths, e.g. [200, 200]"),
+        "activation": Options(*ACTIVATIONS),
+        "bias": Boolean(),
+        "init_scale": Real(0, closed="neither"),
+        "optimizer": Options(*OPTIMIZERS),
+        "lr": Real(0, closed="neither"),
+        "weight_decay": Real(0),
+        "momentum": Real(0, 1, closed="left"),
+        "epochs": Integer(low=1),
+        "batch_size": AnyOf(Integer(low=1), Options(None), text="a positive integer or None (full batch)"),
+        "loss": Options(*LOSSES, text="'ce' (cross-entropy) or 'mse' (vs one-hot)"),
+        "dtype": Options(*DTYPES),
+        "early_stopping": Boolean(),
+        "validation_fraction": Real(0, 1, closed="neither"),
+        "patience": Integer(low=1),
+        "random_state": optional(Integer()),
+    }
 
     def __init__(
         self,
@@ -161,47 +175,10 @@ class MLP(BaseEstimator, FittedModel):
         self.random_state = random_state
 
     # --- hyperparameter validation ----------------------------------------------------------
-    def _check_params(self) -> list[int]:
-        """Raise ModelError for an invalid hyperparameter; return the hidden widths as ints."""
-        who = type(self).__name__
-        hidden = [self.hidden] if _is_int(self.hidden) else self.hidden
-        if isinstance(hidden, (str, bytes)) or not isinstance(hidden, (list, tuple)) or not all(_is_int(h) and h >= 1 for h in hidden):
-            raise ModelError(f"{who}: hidden must be a list of positive layer widths, e.g. [200, 200], got {self.hidden!r}")
-        if self.activation not in ACTIVATIONS:
-            raise ModelError(f"{who}: activation must be one of {', '.join(ACTIVATIONS)}, got {self.activation!r}")
-        if not isinstance(self.bias, (bool, np.bool_)):
-            raise ModelError(f"{who}: bias must be True or False, got {self.bias!r}")
-        if not (_is_num(self.init_scale) and self.init_scale > 0):
-            raise ModelError(f"{who}: init_scale must be a positive number, got {self.init_scale!r}")
-        if self.optimizer not in OPTIMIZERS:
-            raise ModelError(f"{who}: optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
-        if not (_is_num(self.lr) and self.lr > 0):
-            raise ModelError(f"{who}: lr must be a positive number, got {self.lr!r}")
-        if not (_is_num(self.weight_decay) and self.weight_decay >= 0):
-            raise ModelError(f"{who}: weight_decay must be a number >= 0, got {self.weight_decay!r}")
-        if not (_is_num(self.momentum) and 0 <= self.momentum < 1):
-            raise ModelError(f"{who}: momentum must be a number in [0, 1), got {self.momentum!r}")
-        if not (_is_int(self.epochs) and self.epochs >= 1):
-            raise ModelError(f"{who}: epochs must be an integer >= 1, got {self.epochs!r}")
-        if self.batch_size is not None and not (_is_int(self.batch_size) and self.batch_size >= 1):
-            raise ModelError(f"{who}: batch_size must be a positive integer or None (full batch), got {self.batch_size!r}")
-        if self.loss not in LOSSES:
-            raise ModelError(f"{who}: loss must be 'ce' (cross-entropy) or 'mse' (vs one-hot), got {self.loss!r}")
-        if self.dtype not in DTYPES:
-            raise ModelError(f"{who}: dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
-        if not isinstance(self.early_stopping, (bool, np.bool_)):
-            raise ModelError(f"{who}: early_stopping must be True or False, got {self.early_stopping!r}")
-        if not (_is_num(self.validation_fraction) and 0 < self.validation_fraction < 1):
-            raise ModelError(f"{who}: validation_fraction must be in (0, 1), got {self.validation_fraction!r}")
-        if not (_is_int(self.patience) and self.patience >= 1):
-            raise ModelError(f"{who}: patience must be an integer >= 1, got {self.patience!r}")
-        if self.random_state is not None and not _is_int(self.random_state):
-            raise ModelError(f"{who}: random_state must be an integer or None, got {self.random_state!r}")
-        self._check_extra_params()
-        return [int(h) for h in hidden]
-
-    def _check_extra_params(self) -> None:
-        """Subclass hook for validating additional hyperparameters."""
+    def _hidden_widths(self) -> list[int]:
+        """The hidden layer widths as ints (`hidden` may be one int or a list; checked by _check_params)."""
+        hidden: Any = self.hidden
+        return [int(hidden)] if is_int(hidden) else [int(h) for h in hidden]
 
     # --- fitting ------------------------------------------------------------------------------
     def _make_optimizer(self, params: list[Any]) -> Any:
@@ -229,7 +206,7 @@ class MLP(BaseEstimator, FittedModel):
         from sklearn.model_selection import train_test_split
 
         n = X.shape[0]
-        n_val = int(math.ceil(self.validation_fraction * n))
+        n_val = math.ceil(self.validation_fraction * n)
         if n_val < 1 or n - n_val < 2:
             raise DataError(f"{type(self).__name__}: {n} rows are too few for a validation split; pass X_val/y_val or disable early_stopping")
         _, counts = np.unique(y, return_counts=True)
@@ -237,9 +214,10 @@ class MLP(BaseEstimator, FittedModel):
         Xtr, Xva, ytr, yva = train_test_split(X, y, test_size=n_val, random_state=seed % (2**32), stratify=strat)
         return Xtr, ytr, Xva, yva
 
-    def fit(self, X: Any, y: Any, X_val: Any = None, y_val: Any = None) -> "MLP":
+    def fit(self, X: Any, y: Any, X_val: Any = None, y_val: Any = None) -> MLP:
         """Train the network on (X, y); optional (X_val, y_val) are monitored (and used for early stopping)."""
-        hidden = self._check_params()
+        self._check_params()
+        hidden = self._hidden_widths()
         who = type(self).__name__
         X, y, k = check_training_data(X, y, f"{who}.fit")
         if (X_val is None) != (y_val is None):
@@ -348,7 +326,8 @@ class MLP(BaseEstimator, FittedModel):
         X = self._check_X(X)
         with torch.no_grad():
             z = self.torch_logits(torch.as_tensor(X, dtype=self.torch_dtype))
-        return z.double().numpy()
+        logits: np.ndarray = z.double().numpy()
+        return logits
 
     def predict_proba(self, X: Any) -> np.ndarray:
         """Softmax of the logits, float64, rows summing to 1."""
@@ -356,7 +335,7 @@ class MLP(BaseEstimator, FittedModel):
 
     def predict(self, X: Any) -> np.ndarray:
         """Argmax of the logits, ties to the lowest class index."""
-        return np.argmax(self.decision_function(X), axis=1)
+        return argmax_rows(self.decision_function(X))
 
     # --- persistence hooks ------------------------------------------------------------------------
     def _save_state(self, directory: Path) -> None:
@@ -376,26 +355,28 @@ class MLP(BaseEstimator, FittedModel):
         (directory / META_FILE).write_text(json.dumps(meta))
 
     @classmethod
-    def _load_state(cls, directory: Path, params: dict) -> "MLP":
+    def _load_state(cls, directory: Path, params: dict[str, Any]) -> MLP:
         """Rebuild a fitted estimator from `cls(**params)` and the saved weights (weights_only=True)."""
         directory = Path(directory)
         wpath, mpath = directory / WEIGHTS_FILE, directory / META_FILE
-        for p in (wpath, mpath):
-            if not p.exists():
-                raise ModelError(f"{str(directory)!r}: {p.name} is missing; re-save the model")
+        for needed in (wpath, mpath):
+            if not needed.exists():
+                raise ModelError(f"{str(directory)!r}: {needed.name} is missing; re-save the model")
         try:
             est = cls(**params)
         except TypeError as exc:
             raise ModelError(f"{mpath}: parameters do not match {cls.__name__} ({exc})") from None
-        hidden = est._check_params()
+        est._check_params()
+        hidden = est._hidden_widths()
         try:
             meta = json.loads(mpath.read_text())
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise ModelError(f"{mpath}: not valid JSON ({exc})") from None
         if not isinstance(meta, dict):
             raise ModelError(f"{mpath}: expected a JSON object")
-        d, k = meta.get("n_features"), meta.get("n_classes")
-        if not (_is_int(d) and d >= 1 and _is_int(k) and k >= 2):
+        d: Any = meta.get("n_features")
+        k: Any = meta.get("n_classes")
+        if not (is_int(d) and d >= 1 and is_int(k) and k >= 2):
             raise ModelError(f"{mpath}: n_features/n_classes missing or invalid; re-save the model")
         state = torch.load(wpath, map_location="cpu", weights_only=True)
         if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
@@ -404,8 +385,7 @@ class MLP(BaseEstimator, FittedModel):
         try:
             module.load_state_dict(state, strict=True)
         except RuntimeError as exc:
-            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            raise ModelError(f"{wpath}: weights do not fit the saved architecture ({first})") from None
+            raise ModelError(f"{wpath}: weights do not fit the saved architecture ({first_line(exc, with_type=False)})") from None
         if not all(torch.isfinite(p).all() for p in module.parameters()):
             raise ModelError(f"{wpath}: weights contain NaN or inf; the file is corrupted")
         module.eval()
@@ -423,4 +403,4 @@ class MLP(BaseEstimator, FittedModel):
         return est
 
 
-__all__ = ["MLP", "Square", "build_module", "torch_dtype", "ACTIVATIONS", "OPTIMIZERS", "LOSSES", "DTYPES"]
+__all__ = ["ACTIVATIONS", "DTYPES", "LOSSES", "MLP", "OPTIMIZERS", "Square", "build_module", "torch_dtype"]

@@ -9,6 +9,7 @@ Pickle files are refused unless the caller passes trust_pickle=True explicitly.
 from __future__ import annotations
 
 import hashlib
+import importlib
 import json
 import logging
 import os
@@ -17,33 +18,38 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from ..errors import ModelError
-from .base import Model
+from ..errors import ModelError, first_line
+from .base import FittedModel, Model
+from .registry import build, get_spec, list_models
 
 log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
 MANIFEST = "model.json"
 
-# Only these classes may be instantiated from a manifest.
-ALLOWED_CLASSES = {
-    "robustbench_align.models.mlp:MLP",
-    "robustbench_align.models.grokalign:GrokAlignMLP",
-    "robustbench_align.models.rfm:RFM",
-    "robustbench_align.models.rfm:RFAM",
-    "robustbench_align.models.trees:XGBoostModel",
-    "robustbench_align.models.trees:RandomForestModel",
-    "robustbench_align.models.trees:GradientBoostingModel",
-}
+# Only the registry's estimator classes may be instantiated from a manifest (derived, so a new
+# registry family is loadable without an edit here).
+ALLOWED_CLASSES: frozenset[str] = frozenset(get_spec(name).cls for name in list_models())
 
 _PICKLE_SUFFIXES = {".pkl", ".pickle", ".joblib", ".sav", ".p"}
 
 
-def _class_path(obj: Any) -> str:
-    return f"{type(obj).__module__}:{type(obj).__qualname__}"
+def _class_path(obj: Any) -> str | None:
+    """The registry's "module:Class" path of obj's class (as written in manifests), or None.
+
+    The registry's path is the public one (e.g. `models.trees:XGBoostModel`), which stays valid
+    when the class moves between the package's modules; only names that match are imported.
+    """
+    cls = type(obj)
+    for path in sorted(ALLOWED_CLASSES):
+        module, _, attr = path.partition(":")
+        if attr == cls.__qualname__ and getattr(importlib.import_module(module), attr, None) is cls:
+            return path
+    return None
 
 
 def _looks_like_pickle(path: Path) -> bool:
+    """A pickle by suffix or by its protocol-2..5 header bytes."""
     if path.suffix.lower() in _PICKLE_SUFFIXES:
         return True
     try:
@@ -54,29 +60,25 @@ def _looks_like_pickle(path: Path) -> bool:
     return len(head) == 2 and head[0] == 0x80 and 2 <= head[1] <= 5
 
 
-def _one_line(exc: BaseException) -> str:
-    """`Type: first line of the message`, so errors from libraries fit the one-line contract."""
-    text = str(exc).strip()
-    return f"{type(exc).__name__}: {text.splitlines()[0]}" if text else type(exc).__name__
-
-
 def _read_json(path: Path, who: str) -> Any:
     """Parse a JSON file; ModelError (one line) for unreadable, non-UTF-8, malformed or absurdly nested files."""
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except (ValueError, UnicodeDecodeError, RecursionError, OSError) as exc:
-        raise ModelError(f"{who}: not a readable JSON file ({_one_line(exc)})") from None
+        raise ModelError(f"{who}: not a readable JSON file ({first_line(exc)})") from None
 
 
-def save_model(model: Any, directory: str | os.PathLike, *, extra: dict[str, Any] | None = None) -> Path:
+def save_model(model: Any, directory: str | os.PathLike[str], *, extra: dict[str, Any] | None = None) -> Path:
     """Save a fitted registry estimator to `directory` atomically (write to a temp dir, then rename).
 
     `extra` is stored verbatim in the manifest (e.g. the fit time, for cached fits).
     """
     directory = Path(directory)
     cls = _class_path(model)
-    if cls not in ALLOWED_CLASSES or not hasattr(model, "_save_state"):
-        raise ModelError(f"cannot save a {type(model).__name__}: only registry estimators are saved; save library models in their own format (XGBoost JSON, skops)")
+    if cls is None or not hasattr(model, "_save_state"):
+        raise ModelError(
+            f"cannot save a {type(model).__name__}: only registry estimators are saved; save library models in their own format (XGBoost JSON, skops)"
+        )
     directory.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=directory.parent))
     try:
@@ -100,6 +102,7 @@ def save_model(model: Any, directory: str | os.PathLike, *, extra: dict[str, Any
 
 
 def _json_default(o: Any) -> Any:
+    """JSON for the parameter values json cannot write itself (tuples, numpy scalars)."""
     if isinstance(o, tuple):
         return list(o)
     try:
@@ -112,7 +115,7 @@ def _json_default(o: Any) -> Any:
     raise TypeError(f"parameter value {o!r} is not JSON-serialisable")
 
 
-def load_model(path: str | os.PathLike, *, trust_pickle: bool = False, name: str | None = None) -> Model:
+def load_model(path: str | os.PathLike[str], *, trust_pickle: bool = False, name: str | None = None) -> Model:
     """Load a model saved by `save_model`, an XGBoost JSON file or a skops file, never executing pickle."""
     path = Path(path)
     if not path.exists():
@@ -141,7 +144,8 @@ def load_model(path: str | os.PathLike, *, trust_pickle: bool = False, name: str
     raise ModelError(f"cannot load {path.name!r}: accepted formats are a saved model directory, an XGBoost .json file or a scikit-learn .skops file")
 
 
-def _load_dir(path: Path, name: str | None) -> Model:
+def _load_dir(path: Path, name: str | None) -> FittedModel:
+    """A registry estimator from a saved directory: manifest checked, class allow-listed, state loaded by the class."""
     mf = path / MANIFEST
     who = repr(str(mf))
     if not mf.is_file():
@@ -154,8 +158,6 @@ def _load_dir(path: Path, name: str | None) -> Model:
     if not isinstance(cls_path, str) or cls_path not in ALLOWED_CLASSES:
         raise ModelError(f"{who}: class {cls_path!r} is not an allowed model class")
     mod, _, attr = cls_path.partition(":")
-    import importlib
-
     cls = getattr(importlib.import_module(mod), attr)
     params = manifest.get("params") or {}
     if not isinstance(params, dict) or not all(isinstance(k, str) for k in params):
@@ -164,13 +166,13 @@ def _load_dir(path: Path, name: str | None) -> Model:
     if not isinstance(extra, dict):
         raise ModelError(f"{who}: 'extra' must be an object")
     try:
-        model = cls._load_state(path, params)
+        model: FittedModel = cls._load_state(path, params)
     except ModelError as exc:
         if len(str(exc).splitlines()) > 1:
-            raise ModelError(str(exc).splitlines()[0]) from None
+            raise ModelError(first_line(exc, with_type=False)) from None
         raise
     except Exception as exc:  # noqa: BLE001 - corrupted or planted state files (torch refuses pickles with UnpicklingError)
-        raise ModelError(f"cannot load model state from {str(path)!r} ({_one_line(exc)}); re-save or refit the model") from None
+        raise ModelError(f"cannot load model state from {str(path)!r} ({first_line(exc)}); re-save or refit the model") from None
     model.name = str(name or manifest.get("name") or attr)
     if manifest.get("family"):
         model.family = str(manifest["family"])
@@ -179,6 +181,7 @@ def _load_dir(path: Path, name: str | None) -> Model:
 
 
 def _load_xgboost_json(path: Path, name: str | None) -> Model:
+    """A wrapped Booster from an XGBoost .json file, structurally checked before xgboost reads it."""
     try:
         import xgboost as xgb
     except ImportError:  # pragma: no cover
@@ -186,14 +189,15 @@ def _load_xgboost_json(path: Path, name: str | None) -> Model:
     doc = _read_json(path, repr(path.name))
     if not isinstance(doc, dict) or "learner" not in doc:
         raise ModelError(f"{path.name}: not an XGBoost model JSON (no 'learner' key); save it with booster.save_model('model.json')")
-    from .trees import tree_ensemble_from_json, wrap_xgboost
+    from .adapters.xgboost import wrap_xgboost
+    from .trees.ensemble_json import tree_ensemble_from_json
 
     ens = tree_ensemble_from_json(doc)  # structural validation before handing the file to xgboost
     booster = xgb.Booster()
     try:
         booster.load_model(str(path))
     except Exception as exc:  # noqa: BLE001 - XGBoostError and friends, one line
-        raise ModelError(f"{path.name!r}: XGBoost could not load it ({_one_line(exc)})") from None
+        raise ModelError(f"{path.name!r}: XGBoost could not load it ({first_line(exc)})") from None
     model = wrap_xgboost(booster, name=name or path.stem)
     if ens.n_features != model.n_features:
         raise ModelError(f"{path.name}: inconsistent feature count in the model JSON")
@@ -201,6 +205,7 @@ def _load_xgboost_json(path: Path, name: str | None) -> Model:
 
 
 def _load_skops(path: Path, name: str | None) -> Model:
+    """A wrapped scikit-learn estimator from a .skops file, trusting only scikit-learn classes."""
     try:
         import skops.io as sio
     except ImportError:  # pragma: no cover
@@ -211,11 +216,11 @@ def _load_skops(path: Path, name: str | None) -> Model:
     try:
         est = sio.load(str(path), trusted=untrusted)
     except Exception as exc:  # noqa: BLE001
-        raise ModelError(f"{path.name!r}: skops could not load it ({_one_line(exc)})") from None
+        raise ModelError(f"{path.name!r}: skops could not load it ({first_line(exc)})") from None
     return wrap(est, name=name or path.stem)
 
 
-def skops_trusted_types(path: str | os.PathLike) -> list[str]:
+def skops_trusted_types(path: str | os.PathLike[str]) -> list[str]:
     """The types to pass as `trusted=` when loading the skops file at `path`, after vetting them.
 
     skops reports the names it does not trust by default; each must be a class defined in
@@ -238,7 +243,7 @@ def skops_trusted_types(path: str | os.PathLike) -> list[str]:
     return list(untrusted)
 
 
-def _trusted_sklearn_class(type_name: str) -> bool:
+def _trusted_sklearn_class(type_name: Any) -> bool:
     """True for 'sklearn.<module>.<Class>' naming a class defined in scikit-learn.
 
     skops lets a file name any importable object and calls it (its "constructor from reduce"
@@ -246,8 +251,6 @@ def _trusted_sklearn_class(type_name: str) -> bool:
     `numpy.load` (which unpickles with allow_pickle=True). Only classes defined in scikit-learn
     itself are accepted beyond skops' own default-trusted types.
     """
-    import importlib
-
     if not isinstance(type_name, str) or not type_name.startswith("sklearn."):
         return False
     module, _, attr = type_name.rpartition(".")
@@ -259,18 +262,19 @@ def _trusted_sklearn_class(type_name: str) -> bool:
 
 
 def params_hash(spec_name: str, params: dict[str, Any]) -> str:
+    """A short stable hash of (spec, parameters): part of the fit-cache key."""
     blob = json.dumps({"spec": spec_name, "params": params}, sort_keys=True, default=_json_default)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def cache_dir_for(root: str | os.PathLike, spec_name: str, params: dict[str, Any], dataset: str, seed: int) -> Path:
+def cache_dir_for(root: str | os.PathLike[str], spec_name: str, params: dict[str, Any], dataset: str, seed: int) -> Path:
     """Where the fit of (spec, params, dataset, seed) is cached under `root`."""
     safe_ds = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in dataset)[:80]
     ds_hash = hashlib.sha256(dataset.encode()).hexdigest()[:8]
     return Path(root) / spec_name / f"{safe_ds}-{ds_hash}" / f"seed{seed}-{params_hash(spec_name, params)}"
 
 
-def fit_cached(spec_name: str, dataset: Any, seed: int, cache_root: str | os.PathLike | None = None, **overrides: Any) -> tuple[Model, bool, float]:
+def fit_cached(spec_name: str, dataset: Any, seed: int, cache_root: str | os.PathLike[str] | None = None, **overrides: Any) -> tuple[Model, bool, float]:
     """Fit registry model `spec_name` on `dataset` (a Dataset) with random_state=seed, reusing a cached fit.
 
     Returns (model, was_cached, fit_seconds) where fit_seconds is the original fit's time.
@@ -278,14 +282,12 @@ def fit_cached(spec_name: str, dataset: Any, seed: int, cache_root: str | os.Pat
     """
     import time
 
-    from .registry import build
-
-    est = build(spec_name, random_state=seed, **overrides)
+    est: Any = build(spec_name, random_state=seed, **overrides)
     if cache_root is not None:
         where = cache_dir_for(cache_root, spec_name, est.get_params(), dataset.name, seed)
         if (where / MANIFEST).exists():
             try:
-                model = load_model(where, name=spec_name)
+                model = _load_dir(where, name=spec_name)
                 model.family = getattr(est, "family", None)
                 fit_time = model.saved_extra_.get("fit_time")
                 return model, True, float(fit_time) if isinstance(fit_time, (int, float)) and not isinstance(fit_time, bool) else float("nan")
@@ -304,6 +306,7 @@ def fit_cached(spec_name: str, dataset: Any, seed: int, cache_root: str | os.Pat
 
 
 def _accepts_val(est: Any) -> bool:
+    """True when est.fit takes X_val/y_val (the dataset's validation split is then passed)."""
     import inspect
 
     try:

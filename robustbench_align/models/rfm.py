@@ -1,16 +1,18 @@
 """Recursive Feature Machines (RFM) and Recursive Feature Alignment Machines (RFAM).
 
 Both are Laplace–Mahalanobis kernel ridge classifiers whose metric M is learned by repeated
-average-gradient-outer-product (AGOP) updates (spec `methods.md` §3 and §4):
+average-gradient-outer-product (AGOP) updates (Radhakrishnan et al. 2024, "Mechanism for feature
+learning in neural networks and backpropagation-free machine learning models", Science 383:1461):
 
     K_M(x, z) = exp(-||x - z||_M / L),   ||u||_M = sqrt(max(u^T M u, 0))
     f(x)      = K_M(x, X) A,             A = (K_M(X, X) + reg I)^{-1} Y   (Y one-hot)
     M0        = (1 - alpha) cov(X) + alpha I, scaled to trace d
     M_{t+1}   = AGOP_t = mean_x grad f(x)^T grad f(x), scaled to trace d
 
-RFM starts from the identity (alpha=1); RFAM from the centred data covariance (alpha=0).
+RFM starts from the identity (alpha=1); RFAM is the RFM initialised at the centred data
+covariance (alpha=0; Walker et al., arXiv 2605.08464).
 
-Choices made where the spec leaves room (all deliberate, all documented here):
+Design choices (all deliberate, all documented here):
 - The reg grid is searched the way the reference RFAM code does it: one RFM trajectory per reg
   (each starting from M0), validation accuracy recorded for every (reg, iteration); the best pair
   is the first maximum in (grid order, iteration order). The AGOP after the last iteration is
@@ -22,7 +24,7 @@ Choices made where the spec leaves room (all deliberate, all documented here):
   without replacement from a local, seeded Generator.
 - Distances use the Gram trick on training-mean-centred inputs. Pairs whose squared distance is
   below the Gram trick's rounding level (or whose distance is < 1e-10) count as coincident:
-  distance 0, kernel 1, and no gradient contribution (the zeroed self-term of §3.1). The torch
+  distance 0, kernel 1, and no gradient contribution (the self-term of the gradient is zeroed). The torch
   path uses the same rule through a double `where`, so autograd reproduces the analytic gradient
   at training points too.
 - `predict_proba` is the softmax of the raw kernel outputs (they are not probabilities);
@@ -37,33 +39,31 @@ import functools
 import logging
 import math
 import numbers
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, ClassVar
 
 import numpy as np
 from sklearn.base import BaseEstimator
 
 from ..errors import DataError, ModelError
-from .base import FittedModel, check_features, check_training_data, softmax_rows
+from .base import FittedModel, argmax_rows, check_features, check_training_data, softmax_rows
+from .constraints import Check, Constraint, Integer, Options, Real, is_number
+from .dtypes import DTYPES, torch_dtype
 
 log = logging.getLogger(__name__)
 
 STATE_FILE = "rfm.npz"
-_DTYPES = ("float64", "float32")
-_ABS_TOL_SQ = 1e-20  # (1e-10)^2: the spec's "distance < 1e-10" self-term rule
+_ABS_TOL_SQ = 1e-20  # (1e-10)^2: pairs closer than 1e-10 count as coincident (no self-term)
 _REL_TOL = 8.0  # multiples of sqrt(d) * eps * (||x||_M^2 + max ||z||_M^2): Gram-trick rounding level
 _CHUNK_ELEMS = 1 << 23  # elements of one (query chunk x n) block (64 MB in float64)
 
 
-def _torch():
+def _torch() -> Any:
+    """The torch module, imported on first use (importing this module stays cheap)."""
     import torch
 
     return torch
-
-
-def _torch_dtype(name: str) -> Any:
-    torch = _torch()
-    return torch.float64 if name == "float64" else torch.float32
 
 
 # ----------------------------------------------------------------------------------------
@@ -104,7 +104,7 @@ def _kernel_block(Q: Any, M: Any, Z: Any, nz: Any, nz_max: float, L: float, self
 
 
 def _gradient_block(Q: Any, M: Any, Z: Any, nz: Any, nz_max: float, L: float, A: Any, C: Any, self_index: Any = None) -> Any:
-    """Exact input gradients (m, c, d) of f = K_M(., X) A at centred rows Q (spec §3.1).
+    """Exact input gradients (m, c, d) of f = K_M(., X) A at centred rows Q (coincident pairs contribute nothing).
 
     grad f_k(x) = -(1/L) sum_i A_ik K_i / dist_i * M (x - x_i) = (1/L) [sum_i W_i A_ik M x_i - (W A)_k M x],
     computed as two matrix products; C = (A[:, :, None] * ZM[:, None, :]).reshape(n, c*d).
@@ -168,7 +168,8 @@ def _trace_normalise(M: np.ndarray) -> np.ndarray:
     M = 0.5 * (M + M.T)
     tr = float(np.trace(M))
     if tr > 1e-10:
-        return M * (M.shape[0] / tr)
+        out: np.ndarray = M * (M.shape[0] / tr)
+        return out
     log.warning("feature matrix has trace %.3g <= 1e-10; left unnormalised", tr)
     return M
 
@@ -176,7 +177,18 @@ def _trace_normalise(M: np.ndarray) -> np.ndarray:
 # ----------------------------------------------------------------------------------------
 # The estimators
 # ----------------------------------------------------------------------------------------
-class RFM(BaseEstimator, FittedModel):
+def _as_reg_list(v: Any) -> list[Any]:
+    """`regs` as a list: one number, or the items of a sequence."""
+    return [v] if isinstance(v, numbers.Real) else list(v)
+
+
+def _is_reg_grid(v: Any) -> bool:
+    """A non-empty list of finite numbers >= 0 (or one such number)."""
+    regs = _as_reg_list(v)
+    return bool(regs) and all(is_number(r) and r >= 0 for r in regs)
+
+
+class RFM(BaseEstimator, FittedModel):  # type: ignore[misc]  # sklearn is untyped
     """Recursive Feature Machine: Laplace–Mahalanobis kernel ridge with AGOP-learned metric, M0 = I.
 
     `alpha` blends the initial metric between the centred covariance (0) and the identity (1).
@@ -188,6 +200,19 @@ class RFM(BaseEstimator, FittedModel):
     _fitted_attr = "A_"
 
     name = "rfm"
+
+    _tstate: dict[str, Any] | None
+
+    _param_constraints: ClassVar[dict[str, Constraint]] = {
+        "alpha": Real(0, 1),
+        "bandwidth": Real(0, closed="neither"),
+        "iters": Integer(low=1),
+        "regs": Check(_is_reg_grid, text="a non-empty list of finite numbers >= 0"),
+        "max_agop_points": Integer(low=1),
+        "val_size": Real(0, 1, closed="neither"),
+        "dtype": Options(*DTYPES),
+        "max_direct_n": Integer(low=2),
+    }
 
     def __init__(
         self,
@@ -211,27 +236,9 @@ class RFM(BaseEstimator, FittedModel):
         self.max_direct_n = max_direct_n
         self.random_state = random_state
 
-    # --- validation of hyperparameters ------------------------------------------------
-    def _check_params(self) -> list[float]:
-        who = type(self).__name__
-        if not (isinstance(self.alpha, numbers.Real) and 0.0 <= float(self.alpha) <= 1.0):
-            raise ModelError(f"{who}: alpha must be a number in [0, 1], got {self.alpha!r}")
-        if not (isinstance(self.bandwidth, numbers.Real) and math.isfinite(self.bandwidth) and self.bandwidth > 0):
-            raise ModelError(f"{who}: bandwidth must be a positive number, got {self.bandwidth!r}")
-        if not (isinstance(self.iters, (int, np.integer)) and self.iters >= 1):
-            raise ModelError(f"{who}: iters must be an integer >= 1, got {self.iters!r}")
-        regs = [self.regs] if isinstance(self.regs, numbers.Real) else list(self.regs)
-        if not regs or not all(isinstance(r, numbers.Real) and math.isfinite(r) and r >= 0 for r in regs):
-            raise ModelError(f"{who}: regs must be a non-empty list of finite numbers >= 0, got {self.regs!r}")
-        if not (isinstance(self.max_agop_points, (int, np.integer)) and self.max_agop_points >= 1):
-            raise ModelError(f"{who}: max_agop_points must be an integer >= 1, got {self.max_agop_points!r}")
-        if not (isinstance(self.val_size, numbers.Real) and 0.0 < float(self.val_size) < 1.0):
-            raise ModelError(f"{who}: val_size must be in (0, 1), got {self.val_size!r}")
-        if self.dtype not in _DTYPES:
-            raise ModelError(f"{who}: dtype must be one of {', '.join(_DTYPES)}, got {self.dtype!r}")
-        if not (isinstance(self.max_direct_n, (int, np.integer)) and self.max_direct_n >= 2):
-            raise ModelError(f"{who}: max_direct_n must be an integer >= 2, got {self.max_direct_n!r}")
-        return [float(r) for r in regs]
+    def _reg_grid(self) -> list[float]:
+        """The ridge regularisers to search, as floats (`regs` may be one number; checked by _check_params)."""
+        return [float(r) for r in _as_reg_list(self.regs)]
 
     # --- fitting ------------------------------------------------------------------------
     def _split(self, X: np.ndarray, y: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, ...]:
@@ -239,7 +246,7 @@ class RFM(BaseEstimator, FittedModel):
         from sklearn.model_selection import train_test_split
 
         n = X.shape[0]
-        n_val = int(math.ceil(self.val_size * n))
+        n_val = math.ceil(self.val_size * n)
         if n_val < 1 or n - n_val < 2:
             raise DataError(
                 f"{type(self).__name__}: {n} rows are too few to carve a validation split of {self.val_size}; "
@@ -253,10 +260,11 @@ class RFM(BaseEstimator, FittedModel):
         Xtr, Xva, ytr, yva = train_test_split(X, y, test_size=n_val, random_state=seed, stratify=strat)
         return Xtr, ytr, Xva, yva
 
-    def fit(self, X: Any, y: Any, X_val: Any = None, y_val: Any = None) -> "RFM":
+    def fit(self, X: Any, y: Any, X_val: Any = None, y_val: Any = None) -> RFM:
         """Learn M by AGOP iterations, selecting (iteration, reg) by validation accuracy; returns self."""
         torch = _torch()
-        regs = self._check_params()
+        self._check_params()
+        regs = self._reg_grid()
         who = type(self).__name__
         X, y, k = check_training_data(X, y, f"{who}.fit")
         rng = np.random.default_rng(self.random_state)
@@ -288,7 +296,7 @@ class RFM(BaseEstimator, FittedModel):
                 f"{n}x{n} kernel matrix); subsample the data or raise max_direct_n"
             )
 
-        tdt = _torch_dtype(self.dtype)
+        tdt = torch_dtype(self.dtype)
         center = Xtr.mean(axis=0)
         Zc = Xtr - center
         cov = (Zc.T @ Zc) / (n - 1)
@@ -371,7 +379,8 @@ class RFM(BaseEstimator, FittedModel):
             r = rows[s : s + step]
             G = _gradient_block(Z[r], M, Z, nz, nz_max, L, A, C, self_index=r).reshape(-1, d)
             acc.addmm_(G.T, G)
-        return (acc / rows.shape[0]).double().numpy()
+        agop: np.ndarray = (acc / rows.shape[0]).double().numpy()
+        return agop
 
     # --- fitted state -----------------------------------------------------------------------
     def _state(self) -> dict[str, Any]:
@@ -380,13 +389,13 @@ class RFM(BaseEstimator, FittedModel):
         st = getattr(self, "_tstate", None)
         if st is None:
             torch = _torch()
-            tdt = _torch_dtype(self.dtype)
+            tdt = torch_dtype(self.dtype)
             Z = torch.as_tensor(self.X_fit_ - self.center_, dtype=tdt)
             M = torch.as_tensor(self.M_, dtype=tdt)
             A = torch.as_tensor(self.A_, dtype=tdt)
             ZM = Z @ M
             nz = (Z * ZM).sum(1)
-            n, d = Z.shape
+            n = Z.shape[0]
             st = {
                 "Z": Z, "M": M, "A": A, "nz": nz, "nz_max": float(nz.max().clamp(min=0)),
                 "center": torch.as_tensor(self.center_, dtype=tdt),
@@ -405,7 +414,8 @@ class RFM(BaseEstimator, FittedModel):
         Q = torch.as_tensor(X, dtype=st["dtype"]) - st["center"]
         with torch.no_grad():
             out = self._outputs(Q, st["M"], st["Z"], st["nz"], st["nz_max"], float(self.bandwidth), st["A"])
-        return out.double().numpy()
+        raw: np.ndarray = out.double().numpy()
+        return raw
 
     def predict_proba(self, X: Any) -> np.ndarray:
         """Softmax of the raw outputs (a monotone map to the simplex; the outputs are not probabilities)."""
@@ -413,7 +423,7 @@ class RFM(BaseEstimator, FittedModel):
 
     def predict(self, X: Any) -> np.ndarray:
         """Argmax of the raw outputs, ties to the lowest class index."""
-        return np.argmax(self.decision_function(X), axis=1)
+        return argmax_rows(self.decision_function(X))
 
     def torch_logits(self, x: Any) -> Any:
         """The fitted predictor in torch (differentiable, fit dtype): raw outputs (n, n_classes).
@@ -441,7 +451,7 @@ class RFM(BaseEstimator, FittedModel):
     def gradient(self, X: Any) -> np.ndarray:
         """Exact input gradients of the raw outputs, shape (n, n_classes, n_features), float64.
 
-        Batched analytic formula of spec §3.1 (coincident pairs contribute nothing), chunked over rows.
+        Batched analytic formula (see `_gradient_block`; coincident pairs contribute nothing), chunked over rows.
         """
         torch = _torch()
         st = self._state()
@@ -457,13 +467,15 @@ class RFM(BaseEstimator, FittedModel):
                 )
         if not parts:
             return np.zeros((0, self.n_classes, self.n_features))
-        return torch.cat(parts).double().numpy()
+        grads: np.ndarray = torch.cat(parts).double().numpy()
+        return grads
 
     def agop(self, X: Any) -> np.ndarray:
         """Unnormalised AGOP (d, d) of the fitted predictor over the rows of X (mean of grad^T grad)."""
         G = self.gradient(X)
         G2 = G.reshape(-1, G.shape[2])
-        return G2.T @ G2 / max(G.shape[0], 1)
+        agop: np.ndarray = G2.T @ G2 / max(G.shape[0], 1)
+        return agop
 
     # --- persistence hooks ----------------------------------------------------------------------
     def _save_state(self, directory: Path) -> None:
@@ -488,7 +500,7 @@ class RFM(BaseEstimator, FittedModel):
         )
 
     @classmethod
-    def _load_state(cls, directory: Path, params: dict) -> "RFM":
+    def _load_state(cls, directory: Path, params: dict[str, Any]) -> RFM:
         """Rebuild a fitted estimator from `directory/rfm.npz` (allow_pickle=False) and its params."""
         path = Path(directory) / STATE_FILE
         if not path.exists():
@@ -529,7 +541,7 @@ class RFM(BaseEstimator, FittedModel):
         if {"hist_reg", "hist_iter", "hist_acc"} <= set(arr):
             est.history_ = [
                 {"reg": float(r), "iter": int(t), "val_acc": float(a)}
-                for r, t, a in zip(arr["hist_reg"], arr["hist_iter"], arr["hist_acc"])
+                for r, t, a in zip(arr["hist_reg"], arr["hist_iter"], arr["hist_acc"], strict=False)
             ]
         else:
             est.history_ = []
@@ -560,4 +572,4 @@ class RFAM(RFM):
         )
 
 
-__all__ = ["RFM", "RFAM"]
+__all__ = ["RFAM", "RFM"]

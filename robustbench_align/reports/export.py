@@ -10,6 +10,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from ..metrics.registry import LEADERBOARD_METRICS
+
 FORMATS = ("md", "html", "latex", "csv", "json")
 
 _PCT = ("clean_accuracy", "certified")
@@ -113,8 +115,7 @@ def to_json_rows(board: pd.DataFrame) -> list[dict[str, Any]]:
             "rank": _num(r.get("rank")), "clean_acc": _num(r.get("clean_accuracy")),
             "eps": [float(e) for e in eps], "robust_acc": {e: _num(r[f"robust_acc@{e}"]) for e in eps},
             "median_radius": _num(r.get("median_radius")), "auc": _num(r.get("auc")), "certified_fraction": _num(r.get("certified")),
-            "normal_alignment": _num(r.get("normal_alignment")), "centroid_alignment": _num(r.get("centroid_alignment")),
-            "effective_rank": _num(r.get("effective_rank")),
+            **{m.key: _num(r.get(m.name)) for m in LEADERBOARD_METRICS},
             "attacks": [a.strip() for a in str(r.get("attacks") or "").split(",") if a.strip()],
             "flags": [a.strip() for a in str(r.get("flags") or "").split(",") if a.strip()],
             "rejected_candidates": _num(r.get("rejected")), "fit_time_s": _num(r.get("fit_time")), "eval_time_s": _num(r.get("eval_time")),

@@ -11,7 +11,7 @@ from typing import Any, Iterable
 import numpy as np
 import pandas as pd
 
-ALIGN_COLS = {"normal_alignment": "normal_alignment", "centroid_alignment": "centroid_alignment", "effective_rank": "effective_rank"}
+from ..metrics.registry import LEADERBOARD_METRICS, OVERALL_METRICS
 
 
 def _frames_from_records(records: Iterable[Any]) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -34,7 +34,7 @@ def eps_keys(points: pd.DataFrame) -> list[str]:
 
 
 def per_run(runs: pd.DataFrame, points: pd.DataFrame) -> pd.DataFrame:
-    """One row per run: clean accuracy, robust accuracy per eps, median radius, AUC, mean alignment."""
+    """One row per run: clean accuracy, robust accuracy per eps, median radius, AUC, the leaderboard metrics."""
     rows = []
     if runs.empty:
         return pd.DataFrame()
@@ -60,8 +60,9 @@ def per_run(runs: pd.DataFrame, points: pd.DataFrame) -> pd.DataFrame:
             row["median_radius"] = np.nan
             row["auc"] = np.nan
             row["certified"] = np.nan
-        for c in ALIGN_COLS:
-            row[c] = float(pd.to_numeric(p[c], errors="coerce").mean()) if c in p and p[c].notna().any() else np.nan
+        for m in LEADERBOARD_METRICS:
+            c = m.name
+            row[c] = float(getattr(pd.to_numeric(p[c], errors="coerce"), m.aggregate)()) if c in p and p[c].notna().any() else np.nan
         row["attacks"] = ", ".join(run["attacks"]) if isinstance(run.get("attacks"), list) else (run.get("attacks") or "")
         flags = run.get("flags")
         row["flags"] = ", ".join(sorted(flags)) if isinstance(flags, dict) else (flags or "")
@@ -96,7 +97,7 @@ def leaderboard_from_frames(runs: pd.DataFrame, points: pd.DataFrame, dataset: s
     g = g.sort_values(["dataset", "threat", "rank", "clean_accuracy"], ascending=[True, True, True, False])
     rob = sorted([c for c in g.columns if c.startswith("robust_acc@")], key=lambda c: float(c.split("@")[1]))
     cols = ["dataset", "threat", "rank", "model", "family", "clean_accuracy", *rob, "median_radius", "auc", "certified",
-            "normal_alignment", "centroid_alignment", "effective_rank", "attacks", "flags", "rejected", "fit_time", "eval_time", "seeds", "n_points"]
+            *[m.name for m in LEADERBOARD_METRICS], "attacks", "flags", "rejected", "fit_time", "eval_time", "seeds", "n_points"]
     out = g[[c for c in cols if c in g.columns]].reset_index(drop=True)
     out["rank"] = out["rank"].astype(int)
     return out
@@ -108,10 +109,10 @@ def overall_ranking(board: pd.DataFrame) -> pd.DataFrame:
         return board
     g = board.groupby(["threat", "model"], as_index=False).agg(
         family=("family", "first"), mean_rank=("rank", "mean"), datasets=("dataset", "nunique"),
-        clean_accuracy=("clean_accuracy", "mean"), auc=("auc", "mean"), normal_alignment=("normal_alignment", "mean"))
+        clean_accuracy=("clean_accuracy", "mean"), auc=("auc", "mean"), **{m.name: (m.name, "mean") for m in OVERALL_METRICS})
     g["overall_rank"] = g.groupby("threat")["mean_rank"].rank(method="min").astype(int)
     return g.sort_values(["threat", "overall_rank"]).reset_index(drop=True)[
-        ["threat", "overall_rank", "model", "family", "mean_rank", "datasets", "clean_accuracy", "auc", "normal_alignment"]]
+        ["threat", "overall_rank", "model", "family", "mean_rank", "datasets", "clean_accuracy", "auc", *[m.name for m in OVERALL_METRICS]]]
 
 
 def leaderboard(store: str | os.PathLike = "reports/results.sqlite", *, dataset: str | None = None, threat: str | None = None) -> pd.DataFrame:

@@ -1,4 +1,4 @@
-"""`rba reproduce rfam`: RFM (alpha=1) vs RFAM (alpha=0) on tabular data (spec `methods.md` §4–§5).
+"""`rba reproduce rfam`: RFM (alpha=1) vs RFAM (alpha=0) on tabular data (seed paper arXiv 2605.08464).
 
 Per dataset and seed (fold), both arms are fitted with the registry's RFM/RFAM (Laplace kernel,
 L=10, 5 AGOP iterations with best-iteration selection on a validation split, reg grid
@@ -11,8 +11,8 @@ L=10, 5 AGOP iterations with best-iteration selection on a validation split, reg
   thresholded), on the same test points, side by side.
 Summaries: mean ± std over datasets, relative differences, one-sided paired t-tests and Wilcoxon
 tests with the paper's alternatives (H1: RFAM higher accuracy and alignment; lower effective rank
-and ASR), and a comparison of each effect's direction and size with the numbers computed from the
-authors' logs (spec §5.3).
+and ASR), and a comparison of each effect's direction and size with the paper's numbers
+(computed from the authors' logs over 120 UCI datasets).
 """
 from __future__ import annotations
 
@@ -26,12 +26,14 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
+from ..jsonable import jsonable
+
 log = logging.getLogger(__name__)
 
 EPS = (0.1, 1.0, 2.0)
 DEFAULT_DATASETS = ("breast_cancer", "wine", "iris", "digits", "sparse_parity", "xor", "synthetic", "synthetic:hard")
 
-# spec §5.3 (computed from the authors' logs, 120 UCI datasets): RFM, RFAM, p-value
+# the paper's numbers (computed from the authors' logs, 120 UCI datasets): RFM, RFAM, p-value
 PAPER = {
     "test_acc": (84.92, 83.23, 1.000),
     "normal_alignment": (0.3080, 0.3759, 0.001),
@@ -45,10 +47,11 @@ ALTERNATIVES = {"test_acc": "greater", "normal_alignment": "greater", "effective
 
 
 def _evaluate_arm(name: str, ds: Any, seed: int, n_points: int, n_align: int, effort: str, time_limit: float) -> dict[str, Any]:
-    from ..attacks.ensemble import fixed_eps_run, minimal_radius
+    from ..attacks.api import fixed_eps_run, minimal_radius
     from ..metrics.alignment import alignment
+    from ..metrics.stats import attack_success_rate
     from ..models.persistence import fit_cached
-    from ..runner.plan import sample_points
+    from ..runner.job import sample_points
 
     t0 = time.perf_counter()
     model, _, _ = fit_cached(name, ds, seed, None)
@@ -70,7 +73,7 @@ def _evaluate_arm(name: str, ds: Any, seed: int, n_points: int, n_align: int, ef
     for e in EPS:
         rob = 100.0 * float(fr.robust(e).mean())
         row[f"rob_paper@{e:g}"] = rob
-        row[f"asr_paper@{e:g}"] = 100.0 * (acc - rob) / acc if acc > 0 else np.nan
+        row[f"asr_paper@{e:g}"] = attack_success_rate(acc, rob)
     rob_prev = [row[f"rob_paper@{e:g}"] for e in EPS]
     row["paper_nonmonotone"] = bool(np.any(np.diff(rob_prev) > 0))
     t2 = time.perf_counter()
@@ -78,7 +81,7 @@ def _evaluate_arm(name: str, ds: Any, seed: int, n_points: int, n_align: int, ef
     for e in EPS:
         rob = 100.0 * float((res.distance > e).mean())
         row[f"rob_strong@{e:g}"] = rob
-        row[f"asr_strong@{e:g}"] = 100.0 * (acc - rob) / acc if acc > 0 else np.nan
+        row[f"asr_strong@{e:g}"] = attack_success_rate(acc, rob)
     row["median_radius"] = float(np.median(res.distance[correct])) if correct.any() else 0.0
     row["paper_time"] = t2 - t1
     row["strong_time"] = time.perf_counter() - t2
@@ -129,7 +132,7 @@ def run_rfam(datasets: Sequence[str] | None = None, seeds: int = 4, *, uci_dir: 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     per_run.to_csv(out / f"{prefix}_runs.csv", index=False)
-    (out / f"{prefix}.json").write_text(json.dumps(_jsonable(summary), indent=1, allow_nan=True))
+    (out / f"{prefix}.json").write_text(json.dumps(jsonable(summary, finite=True), indent=1, allow_nan=True))
     _plot(summary["per_dataset"], out / f"{prefix}.png", arms)
     (out / f"{prefix}.md").write_text(render_report(summary, arms, prefix))
     return summary
@@ -201,7 +204,7 @@ def render_report(summary: dict[str, Any], arms: tuple[str, str] = ("rfm", "rfam
                      f"{t['diff_mean']:+.3f} | {_num(t['rel_diff_mean'], '{:+.3f}', 'undefined (a = 0)')} | {t['rfam_higher']}/{t['rfam_lower']} | "
                      f"{_num(t['t_p'], '{:.3g}', 'not computable (all pairs equal)')} | {_num(t['wilcoxon_p'], '{:.3g}', 'not computable (all pairs equal)')} |")
     if is_paper_pair:
-        lines += ["", "## Against the paper's numbers (spec §5.3, 120 UCI datasets, from the authors' logs)", ""]
+        lines += ["", "## Against the paper's numbers (120 UCI datasets, from the authors' logs)", ""]
         lines += ["| metric | paper RFM → RFAM (p) | here RFM → RFAM (p) | verdict |", "|---|---|---|---|"]
     for _, t in tests.iterrows() if is_paper_pair else []:
         key = t["metric"]
@@ -246,19 +249,3 @@ def _plot(per_ds: pd.DataFrame, path: Path, arms: tuple[str, str] = ("rfm", "rfa
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
-
-def _jsonable(obj: Any) -> Any:
-    if isinstance(obj, pd.DataFrame):
-        return [_jsonable(r) for r in obj.to_dict("records")]
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, (np.integer,)):
-        return int(obj)
-    if isinstance(obj, (np.floating, float)):
-        v = float(obj)
-        return v if np.isfinite(v) else None
-    if isinstance(obj, np.bool_):
-        return bool(obj)
-    return obj

@@ -23,7 +23,7 @@ def _init_worker() -> None:
 
 
 def _job_entry(job: Any) -> list[RunRecord]:
-    from .plan import run_job
+    from .job import run_job
 
     _init_worker()
     return run_job(job)
@@ -48,7 +48,7 @@ def execute(jobs: Sequence[Any], on_result: Callable[[list[RunRecord]], None], *
     bar = _progress(len(jobs), progress)
     try:
         if workers == 1:
-            from .plan import run_job
+            from .job import run_job
 
             for job in jobs:
                 bar.set_postfix_str(f"{job.model} / {job.dataset}", refresh=False)

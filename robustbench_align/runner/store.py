@@ -18,7 +18,9 @@ from typing import Any, Iterable, Iterator
 
 import pandas as pd
 
-from ..errors import StoreError
+from ..errors import StoreError, first_line
+from ..jsonable import jsonable
+from ..metrics.registry import STORED_METRICS
 
 SCHEMA_VERSION = 1
 
@@ -26,10 +28,7 @@ RUN_COLUMNS = [
     "run_id", "model", "family", "dataset", "threat", "norm", "seed", "status", "error", "config", "versions",
     "fit_time", "eval_time", "clean_accuracy", "n_points", "attacks", "flags", "rejected", "fit_cached", "created",
 ]
-POINT_METRICS = [
-    "normal_alignment", "centroid_alignment", "centroid_norm", "effective_rank", "effective_rank_normalized",
-    "pc1_explained_variance", "offset_norm", "jacobian_norm", "x_norm", "r_lin",
-]
+POINT_METRICS = [m.name for m in STORED_METRICS]  # one REAL column each, declared in `metrics.registry`
 POINT_COLUMNS = ["run_id", "idx", "test_index", "y", "pred", "correct", "radius", "lower_bound", "by_attack", "robust_at", *POINT_METRICS]
 
 _SCHEMA = f"""
@@ -68,18 +67,6 @@ class RecordError(StoreError, sqlite3.IntegrityError):
 _INT64 = (-(2**63), 2**63 - 1)
 
 
-def _jsonable(v: Any) -> Any:
-    """A copy of a nested value that json can encode: mapping keys as strings, numpy values as Python."""
-    if isinstance(v, dict):
-        return {k if isinstance(k, str) else str(k): _jsonable(x) for k, x in v.items()}
-    if isinstance(v, (list, tuple, set, frozenset)):
-        items = sorted(v, key=repr) if isinstance(v, (set, frozenset)) else v
-        return [_jsonable(x) for x in items]
-    if hasattr(v, "tolist") and not isinstance(v, (str, bytes)):
-        return _jsonable(v.tolist())
-    return v
-
-
 JSON_COLUMNS = frozenset({"config", "versions", "attacks", "flags", "robust_at"})
 
 
@@ -105,9 +92,9 @@ def _clean(v: Any, column: str = "value", as_json: bool = False) -> Any:
         return None
     if isinstance(v, (dict, list, tuple, set, frozenset)):
         try:
-            return json.dumps(_jsonable(v), sort_keys=True, default=str)
+            return json.dumps(jsonable(v), sort_keys=True, default=str)
         except (TypeError, ValueError, RecursionError) as exc:
-            raise StoreError(f"{column}: cannot be stored as JSON ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from None
+            raise StoreError(f"{column}: cannot be stored as JSON ({first_line(exc)})") from None
     if isinstance(v, bool):
         return int(v)
     if isinstance(v, int):
@@ -117,11 +104,6 @@ def _clean(v: Any, column: str = "value", as_json: bool = False) -> Any:
     if isinstance(v, (float, str, bytes)):
         return v
     raise StoreError(f"{column}: a {type(v).__name__} cannot be stored; use numbers, text or JSON-able containers")
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return f"{type(exc).__name__}: {text.splitlines()[0]}" if text else type(exc).__name__
 
 
 class Store:
@@ -140,7 +122,7 @@ class Store:
             else:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise StoreError(f"cannot use {str(self.path)!r} as a result store ({_first_line(exc)})") from None
+            raise StoreError(f"cannot use {str(self.path)!r} as a result store ({first_line(exc)})") from None
         try:
             uri = f"file:{self.path}?mode=ro" if readonly else str(self.path)
             self.conn = sqlite3.connect(uri, uri=readonly, timeout=30, isolation_level=None)
@@ -150,7 +132,7 @@ class Store:
                 self.conn.execute("PRAGMA synchronous=NORMAL")
             self._init_schema()
         except (sqlite3.Error, UnicodeDecodeError, ValueError) as exc:  # damaged header pages, undecodable text
-            raise StoreError(f"{str(self.path)!r} is not a usable result store ({_first_line(exc)}); point --store at another file or delete it") from None
+            raise StoreError(f"{str(self.path)!r} is not a usable result store ({first_line(exc)}); point --store at another file or delete it") from None
 
     def _check_header(self) -> None:
         size = self.path.stat().st_size
@@ -182,6 +164,8 @@ class Store:
             if not ok or ok[0] != "ok":
                 detail = " ".join(str(ok[0]).split()) if ok else "no answer"
                 raise StoreError(f"{str(self.path)!r} is corrupted ({detail[:200]}); restore it or delete it and re-run")
+            if not self.readonly:
+                self._add_metric_columns(cur)
             return
         tables = cur.execute("SELECT name FROM sqlite_master WHERE type='table'").fetchall()
         if tables:
@@ -189,6 +173,16 @@ class Store:
         if self.readonly:
             raise StoreError(f"{str(self.path)!r} is empty; run `rba run` first")
         cur.executescript("BEGIN;" + _SCHEMA + f"INSERT INTO meta VALUES ('schema_version', '{SCHEMA_VERSION}'); COMMIT;")
+
+    def _add_metric_columns(self, cur: sqlite3.Cursor) -> None:
+        """Give a store created before a metric was declared that metric's column (NULL in its old rows).
+
+        Adding a nullable column keeps the schema readable by every version, so no version bump.
+        """
+        have = {row[1] for row in cur.execute("PRAGMA table_info(points)")}
+        for name in POINT_METRICS:
+            if have and name not in have:
+                cur.execute(f"ALTER TABLE points ADD COLUMN {name} REAL")
 
     # --- writing ---------------------------------------------------------------------
     @contextmanager
@@ -227,9 +221,9 @@ class Store:
                     if rows:
                         cur.executemany(f"INSERT INTO points ({', '.join(POINT_COLUMNS)}) VALUES ({', '.join('?' * len(POINT_COLUMNS))})", rows)
             except sqlite3.IntegrityError as exc:
-                raise RecordError(f"run {rid!r} was not written: {_first_line(exc)}") from None
+                raise RecordError(f"run {rid!r} was not written: {first_line(exc)}") from None
             except sqlite3.Error as exc:
-                raise StoreError(f"run {rid!r} was not written to {str(self.path)!r}: {_first_line(exc)}") from None
+                raise StoreError(f"run {rid!r} was not written to {str(self.path)!r}: {first_line(exc)}") from None
             n += 1
         return n
 
@@ -239,7 +233,7 @@ class Store:
         try:
             return pd.read_sql_query(q, self.conn, params=params or [])
         except (sqlite3.Error, pd.errors.DatabaseError, UnicodeDecodeError) as exc:
-            raise StoreError(f"{str(self.path)!r} cannot be read ({_first_line(exc)}); restore it or delete it and re-run") from None
+            raise StoreError(f"{str(self.path)!r} cannot be read ({first_line(exc)}); restore it or delete it and re-run") from None
 
     def _json_column(self, df: pd.DataFrame, col: str) -> None:
         def load(s: Any) -> Any:
@@ -257,7 +251,7 @@ class Store:
         try:
             return {r[0] for r in self.conn.execute(q)}
         except (sqlite3.Error, UnicodeDecodeError) as exc:
-            raise StoreError(f"{str(self.path)!r} cannot be read ({_first_line(exc)}); restore it or delete it and re-run") from None
+            raise StoreError(f"{str(self.path)!r} cannot be read ({first_line(exc)}); restore it or delete it and re-run") from None
 
     def runs(self) -> pd.DataFrame:
         df = self._query("SELECT * FROM runs ORDER BY dataset, threat, model, seed")
@@ -302,7 +296,7 @@ def exclusive(path: str | os.PathLike, wait: bool = False) -> Iterator[None]:
         lock_path.parent.mkdir(parents=True, exist_ok=True)
         fh = lock_path.open("a+")
     except OSError as exc:
-        raise StoreError(f"cannot create the lock file {str(lock_path)!r} ({_first_line(exc)}); check the --store path and its permissions") from None
+        raise StoreError(f"cannot create the lock file {str(lock_path)!r} ({first_line(exc)}); check the --store path and its permissions") from None
     try:
         flags = fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB)
         try:

@@ -1,0 +1,115 @@
+"""The float32 threshold grid: where along each feature a point can move, and what the move costs.
+
+Tree libraries compare float32(x) against float32 thresholds, with `<` (XGBoost, `strict`) or
+`<=` (scikit-learn). Along one feature the distinct thresholds cut the line into intervals. A
+coordinate that has to move into another interval moves to the closest float32 value inside it
+(the threshold itself or its float32 neighbour, depending on the side and the comparison); an
+unmoved coordinate keeps its exact value. The exact attacks search over such points only.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from ...models.base import Tree
+from ..base import Norm
+
+F32_INF = np.float32(np.inf)
+
+
+def next32(v: Any) -> np.float32:
+    """The next float32 above float32(v)."""
+    out: np.float32 = np.nextafter(np.float32(v), F32_INF)
+    return out
+
+
+def prev32(v: Any) -> np.float32:
+    """The next float32 below float32(v)."""
+    out: np.float32 = np.nextafter(np.float32(v), -F32_INF)
+    return out
+
+
+def point_distance(x: np.ndarray, xa: np.ndarray, norm: Norm) -> float:
+    """The norm of xa - x for one point (a 1-D vector), in float64.
+
+    The searches compare and prune with this one function, so equal points always give equal
+    distances. (The result's reported distance is recomputed by the base class's verification.)
+    """
+    diff = np.asarray(xa, dtype=np.float64) - np.asarray(x, dtype=np.float64)
+    return float(np.linalg.norm(diff, ord=norm.p))
+
+
+class Grid:
+    """Distinct float32 thresholds per feature (sorted) with a global predicate numbering.
+
+    Predicate r of feature f is "x_f goes left of thr_f[r]"; interval i of feature f lies between
+    thresholds i-1 and i (interval 0 below all, interval m above all).
+    """
+
+    def __init__(self, per_feature: dict[int, np.ndarray], strict: bool) -> None:
+        self.strict = strict
+        self.features = sorted(f for f, v in per_feature.items() if len(v))
+        self.thr = [np.unique(np.asarray(per_feature[f], dtype=np.float32)) for f in self.features]
+        sizes = [len(t) for t in self.thr]
+        self.offset = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+        self.n_pred = int(self.offset[-1])
+        # split values for engines that only know "x < s": s = thr (strict) or next float32 (<=)
+        self.split = [t if strict else np.nextafter(t, F32_INF) for t in self.thr]
+        self._index = {f: i for i, f in enumerate(self.features)}
+
+    @classmethod
+    def of_trees(cls, trees: Sequence[Tree], strict: bool) -> Grid:
+        """The grid of every split threshold in `trees`."""
+        per: dict[int, list[np.ndarray]] = {}
+        for t in trees:
+            internal = t.left >= 0
+            for f in np.unique(t.feature[internal]):
+                per.setdefault(int(f), []).append(t.threshold[internal & (t.feature == f)])
+        return cls({f: np.concatenate(v) for f, v in per.items()}, strict)
+
+    def pred_index(self, f: int, thr: np.float32) -> int:
+        """The global number of the predicate "x_f goes left of thr"."""
+        i = self._index[f]
+        r = int(np.searchsorted(self.thr[i], np.float32(thr)))
+        return int(self.offset[i]) + r
+
+    def intervals(self, x: np.ndarray) -> tuple[list[int], list[np.ndarray], list[np.ndarray]]:
+        """Per grid feature: the interval of x, the closest point of every interval, its distance."""
+        j0s: list[int] = []
+        pts: list[np.ndarray] = []
+        dists: list[np.ndarray] = []
+        for i, f in enumerate(self.features):
+            t = self.thr[i]
+            xf = float(x[f])
+            x32 = np.float32(xf)
+            m = len(t)
+            j0 = int(np.searchsorted(t, x32, side="right" if self.strict else "left"))
+            idx = np.arange(m + 1)
+            up, down = idx > j0, idx < j0
+            c = np.empty(m + 1, dtype=np.float64)
+            if self.strict:  # right of "x < t" starts at t; left of it ends just below t
+                c[up] = t[idx[up] - 1]
+                c[down] = np.nextafter(t[idx[down]], -F32_INF)
+            else:  # right of "x <= t" starts just above t; left of it ends at t
+                c[up] = np.nextafter(t[idx[up] - 1], F32_INF)
+                c[down] = t[idx[down]]
+            c[j0] = xf
+            d = np.abs(c - xf)
+            bad = ~np.isfinite(c)
+            d[bad] = np.inf
+            j0s.append(j0)
+            pts.append(c)
+            dists.append(d)
+        return j0s, pts, dists
+
+    def point(self, x: np.ndarray, choice: Sequence[int], pts: list[np.ndarray]) -> np.ndarray:
+        """x with every grid feature moved to the closest point of its chosen interval."""
+        out = np.array(x, dtype=np.float64, copy=True)
+        for i, f in enumerate(self.features):
+            out[f] = pts[i][choice[i]]
+        return out
+
+
+__all__ = ["F32_INF", "Grid", "next32", "point_distance", "prev32"]

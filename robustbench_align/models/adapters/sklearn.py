@@ -1,0 +1,126 @@
+"""Adapter for scikit-learn classifiers (and any object with `predict_proba`): black boxes, except that
+RandomForest/ExtraTrees/GradientBoosting/DecisionTree classifiers also get `tree_ensemble()` (the tree parse hook).
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from sklearn.base import BaseEstimator
+
+from ...errors import ModelError, first_line
+from ..base import Model, TreeEnsemble, argmax_rows, display_name
+from ..trees.sklearn_parse import is_sk_tree_classifier, parse_sklearn, quiet, require_sk_fitted
+
+
+def _label_indices(classes: np.ndarray, labels: Any, who: str) -> np.ndarray:
+    """Map predicted labels to their index in `classes` (the predict_proba column order)."""
+    labels = np.asarray(labels)
+    order = np.argsort(classes, kind="stable")
+    pos = np.searchsorted(classes, labels, sorter=order)
+    pos = np.clip(pos, 0, classes.size - 1)
+    idx = order[pos]
+    if not np.all(classes[idx] == labels):
+        raise ModelError(f"{who}: predict returned labels that are not in classes_; the estimator is inconsistent")
+    out: np.ndarray = idx.astype(np.int64)
+    return out
+
+
+class WrappedSklearn(Model):
+    """A fitted scikit-learn classifier with predict_proba, attacked as a black box.
+
+    `predict` is the estimator's own, mapped to class indices 0..K-1 in `classes_` order (the
+    column order of predict_proba).
+    """
+
+    def __init__(self, est: Any, name: str | None = None, n_features: int | None = None) -> None:
+        if isinstance(est, BaseEstimator):
+            require_sk_fitted(est)
+        if not callable(getattr(est, "predict_proba", None)):
+            raise ModelError(
+                f"{type(est).__name__} has no predict_proba; enable it (e.g. SVC(probability=True)) or wrap a predict_proba callable with n_features="
+            )
+        d = getattr(est, "n_features_in_", None)
+        if d is None:
+            d = n_features
+        elif n_features is not None and int(n_features) != int(d):
+            raise ModelError(f"wrap: n_features={n_features} but the estimator was fitted on {d} features")
+        if d is None:
+            raise ModelError(f"wrap: cannot tell how many features {type(est).__name__} takes; pass n_features=")
+        self.est = est
+        self._d = int(d)
+        self.classes_: np.ndarray | None
+        classes = getattr(est, "classes_", None)
+        if classes is not None:
+            if isinstance(classes, list) or np.asarray(classes).ndim != 1:
+                raise ModelError(f"{type(est).__name__} has several outputs; only single-output classifiers are supported")
+            self.classes_ = np.asarray(classes)
+            self._c = int(self.classes_.size)
+        else:
+            self.classes_ = None
+            p = np.asarray(quiet(est.predict_proba, np.zeros((1, self._d))))
+            if p.ndim != 2 or p.shape[1] < 2:
+                raise ModelError(f"{type(est).__name__}.predict_proba must return (n, n_classes>=2), got shape {p.shape}")
+            self._c = int(p.shape[1])
+        if self._c < 2:
+            raise ModelError(f"{type(est).__name__} knows a single class; a classifier needs at least two")
+        self.name = name or type(est).__name__
+
+    @property
+    def n_features(self) -> int:
+        return self._d
+
+    @property
+    def n_classes(self) -> int:
+        return self._c
+
+    def _library(self, method: Any, X: np.ndarray) -> Any:
+        """method(X) without sklearn's feature-name warning; its ValueError as a one-line ModelError."""
+        try:
+            return quiet(method, X)
+        except ValueError as exc:  # e.g. finite float64 values beyond float32 range
+            raise ModelError(
+                f"{display_name(self.name)}: the library refused the input ({first_line(exc, with_type=False)[:160]}); keep features within float32 range"
+            ) from None
+
+    def predict_proba(self, X: Any) -> np.ndarray:
+        X = self._check_X(X)
+        p = np.asarray(self._library(self.est.predict_proba, X), dtype=np.float64)
+        if p.shape != (X.shape[0], self._c):
+            raise ModelError(f"{display_name(self.name)}: predict_proba returned shape {p.shape}, expected {(X.shape[0], self._c)}")
+        return p
+
+    def predict(self, X: Any) -> np.ndarray:
+        X = self._check_X(X)
+        if self.classes_ is None or not callable(getattr(self.est, "predict", None)):
+            return argmax_rows(self.predict_proba(X))
+        return _label_indices(self.classes_, self._library(self.est.predict, X), display_name(self.name))
+
+
+class WrappedSklearnTrees(WrappedSklearn):
+    """A fitted RandomForest/ExtraTrees/GradientBoosting/DecisionTree classifier: library predictions plus `tree_ensemble()`."""
+
+    def __init__(self, est: Any, name: str | None = None, n_features: int | None = None) -> None:
+        super().__init__(est, name=name, n_features=n_features)
+        self._ensemble: TreeEnsemble | None = None
+
+    def tree_ensemble(self) -> TreeEnsemble:
+        """The parsed ensemble (`trees.sklearn_parse`), parsed once, then cached."""
+        if self._ensemble is None:
+            self._ensemble = parse_sklearn(self.est)
+        return self._ensemble
+
+
+def wrap_sklearn(obj: Any, name: str | None = None, n_features: int | None = None) -> Model:
+    """A Model for a fitted scikit-learn classifier: tree ensembles get tree_ensemble(), others are black boxes."""
+    if is_sk_tree_classifier(obj):
+        return WrappedSklearnTrees(obj, name=name, n_features=n_features)
+    return WrappedSklearn(obj, name=name, n_features=n_features)
+
+
+def adapt(obj: Any, *, n_features: int | None = None, n_classes: int | None = None, name: str | None = None) -> Model:
+    """The table's factory for scikit-learn objects and other objects with predict_proba."""
+    return wrap_sklearn(obj, name=name, n_features=n_features)
+
+
+__all__ = ["WrappedSklearn", "WrappedSklearnTrees", "adapt", "wrap_sklearn"]

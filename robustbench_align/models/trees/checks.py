@@ -1,0 +1,93 @@
+"""Checks of a parsed tree ensemble: structural (every node reachable) and against the library itself.
+
+The library check places probe rows exactly on split boundaries (each coordinate a threshold or
+its float32 neighbour), where a wrong `<`/`<=` rule or a wrong threshold rounding changes leaves,
+and measures the intercept there: bias = library raw output − Σ parsed leaves, which must be the
+same constant on every probe (within floating-point summation error) or the parse is refused.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import numpy as np
+
+from ...errors import ModelError
+from ..base import Tree, TreeEnsemble
+
+EPS32 = float(np.finfo(np.float32).eps)
+N_PROBES = 256
+
+
+def probe_points(trees: tuple[Tree, ...] | list[Tree], n_features: int, n: int = N_PROBES, seed: int = 0) -> np.ndarray:
+    """Random rows whose coordinates are thresholds of the ensemble or their float32 neighbours (0 if unsplit).
+
+    Used to measure intercepts and to check a parse against the library: rows sit exactly on
+    comparison boundaries, so a wrong `<`/`<=` rule or threshold rounding changes their leaves.
+    Returned as float64 holding float32-exact values.
+    """
+    feats = np.concatenate([t.feature[t.left >= 0] for t in trees]) if trees else np.zeros(0, np.int64)
+    thrs = np.concatenate([t.threshold[t.left >= 0] for t in trees]) if trees else np.zeros(0, np.float32)
+    rng = np.random.default_rng(seed)
+    P = np.zeros((n, n_features), dtype=np.float64)
+    for f in np.unique(feats):
+        t = np.unique(thrs[feats == f].astype(np.float32))
+        cands = np.concatenate([t, np.nextafter(t, np.float32(-np.inf)), np.nextafter(t, np.float32(np.inf))])
+        cands = cands[np.isfinite(cands)]
+        if cands.size:
+            P[:, f] = rng.choice(cands, size=n).astype(np.float64)
+    return P
+
+
+def _path_magnitude(ens: TreeEnsemble, X: np.ndarray) -> np.ndarray:
+    """Per row and output: Σ_t |leaf value| (the scale that bounds float32 summation error)."""
+    X32 = np.asarray(X, dtype=np.float32)
+    acc = np.zeros((X32.shape[0], ens.n_outputs))
+    for t in ens.trees:
+        acc += np.abs(t.value[t.leaf_index(X32, ens.strict)])
+    return acc
+
+
+def measure_bias(ens: TreeEnsemble, X: np.ndarray, library_raw: Any, who: str, rel: float) -> np.ndarray:
+    """Bias = library raw − Σ parsed leaves, required constant over rows (error bound `rel` × scale).
+
+    A non-constant difference means the parse does not describe the library's model (an
+    unsupported feature, or a non-constant init estimator), so it raises ModelError.
+    """
+    zero = dataclasses.replace(ens, bias=np.zeros(ens.n_outputs))
+    sums = zero.raw(X)
+    lib = np.asarray(library_raw, dtype=np.float64).reshape(X.shape[0], -1)
+    if lib.shape[1] != ens.n_outputs:
+        raise ModelError(f"{who}: the library returned {lib.shape[1]} raw outputs, the parse has {ens.n_outputs}; this model layout is not supported")
+    diff = lib - sums
+    bias: np.ndarray = np.median(diff, axis=0)
+    n_terms = len(ens.trees) + 2
+    tol = 1e-9 + rel * n_terms * (np.abs(lib) + _path_magnitude(zero, X) + np.abs(bias))
+    bad = np.abs(diff - bias) > tol
+    if bad.any() or not np.all(np.isfinite(bias)):
+        worst = float(np.nanmax(np.abs(diff - bias)))
+        raise ModelError(
+            f"{who}: the library's raw output is not a constant plus the parsed leaves (deviation {worst:.3g} on "
+            f"{int(bad.any(axis=1).sum())} of {X.shape[0]} probe rows); the model uses a feature this parser does not support"
+        )
+    return bias
+
+
+def check_reachable(ens: TreeEnsemble) -> TreeEnsemble:
+    """Every node must hang below the root (validate() checks paths from the root; this catches orphan cycles)."""
+    for ti, t in enumerate(ens.trees):
+        seen = np.zeros(t.n_nodes, dtype=bool)
+        frontier = np.array([0], dtype=np.int64)
+        while frontier.size:
+            seen[frontier] = True
+            frontier = frontier[t.left[frontier] >= 0]
+            frontier = np.concatenate([t.left[frontier], t.right[frontier]])
+            frontier = frontier[~seen[frontier]]
+        if not seen.all():
+            raise ModelError(
+                f"tree {ti}: {int((~seen).sum())} node(s) cannot be reached from the root (orphan or cyclic nodes); the model file is malformed"
+            )
+    return ens
+
+
+__all__ = ["EPS32", "N_PROBES", "check_reachable", "measure_bias", "probe_points"]
