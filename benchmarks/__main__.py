@@ -19,8 +19,9 @@ import tempfile
 import threading
 import time
 import traceback
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from benchmarks import machine_info
 
@@ -64,7 +65,7 @@ def parse_md_table(text: str) -> list[dict[str, str]]:
             for body in lines[i + 2:]:
                 if not body.startswith("|"):
                     break
-                rows.append(dict(zip(head, (c.strip() for c in body.strip("|").split("|")))))
+                rows.append(dict(zip(head, (c.strip() for c in body.strip("|").split("|")), strict=False)))  # a ragged row keeps its first cells
             return rows
     return []
 
@@ -168,7 +169,8 @@ def summary_rows(res: dict[str, Any]) -> list[tuple[str, str, str, str]]:
         s = p["scaling"]
         ns = ", ".join(str(r["n"]) for r in s["rows"])
         rows.append((f"plan time ~ n^k, n = {ns} points per dataset",
-                     f"k = {s['k_wall']:.2f} (wall), {s['k_eval']:.2f} (summed evaluation); per run {s['fixed']:.1f} s fixed + {1000 * s['per_point']:.0f} ms/point",
+                     f"k = {s['k_wall']:.2f} (wall), {s['k_eval']:.2f} (summed evaluation); "
+                     f"per run {s['fixed']:.1f} s fixed + {1000 * s['per_point']:.0f} ms/point",
                      "reported (1 = linear)", "—"))
     for name in SECTIONS:
         if isinstance(res.get(name), str):

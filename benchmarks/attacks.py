@@ -89,7 +89,7 @@ class UnitBox:
     side: float
 
     @classmethod
-    def around(cls, X: np.ndarray, room: float) -> "UnitBox":
+    def around(cls, X: np.ndarray, room: float) -> UnitBox:
         lo_f, hi_f = X.min(axis=0) - room, X.max(axis=0) + room
         side = float(np.max(hi_f - lo_f))
         return cls(0.5 * (lo_f + hi_f) - 0.5 * side, side)
@@ -219,7 +219,8 @@ def radius_comparison(model: Any, X: np.ndarray, y: np.ndarray, norm: str, ours:
     per_point_best = np.min(np.stack([a["d"] for a in anchors.values()]), axis=0)
     return {
         "norm": norm, "n": int(keep.sum()), "ours_median": float(np.median(d_ours)), "ours_found": float(np.isfinite(d_ours).mean()),
-        "ours_time": ours_time, "ours_attacks": list(getattr(ours, "attacks_used", []) or []), "anchors": {k: {kk: vv for kk, vv in a.items() if kk != "d"} for k, a in anchors.items()},
+        "ours_time": ours_time, "ours_attacks": list(getattr(ours, "attacks_used", []) or []),
+        "anchors": {k: {kk: vv for kk, vv in a.items() if kk != "d"} for k, a in anchors.items()},
         "best_anchor": best_name, "best_median": best["median"], "best_time": best["time"],
         "ratio": float(np.median(d_ours) / best["median"]),
         "ours_le_per_point_best": float(np.mean(d_ours <= per_point_best * (1 + 1e-6))),
@@ -253,7 +254,7 @@ def veritas_direct(model: Any, X: np.ndarray, start_delta: float = 10.0, max_tim
     pred = model.predict(X)
     lo, hi = np.empty(len(X)), np.empty(len(X))
     disagree = 0
-    for i, (x, p) in enumerate(zip(X.astype(np.float32), pred)):
+    for i, (x, p) in enumerate(zip(X.astype(np.float32), pred, strict=True)):
         disagree += int((at.eval(x[None].astype(np.float64))[0, 0] > 0) != bool(p))
         src, tgt = (at, None) if p == 1 else (None, at)
         s = veritas.VeritasRobustnessSearch(x.astype(np.float64), start_delta, src, tgt, num_steps=num_steps,
@@ -297,13 +298,13 @@ def run(quick: bool = False, repeats: int = 3) -> dict[str, Any]:
         clean = float(np.mean(model.predict(X) == y))
         ours = {}
         for norm in ("linf", "l2"):
-            t_med, times, r = median_time(lambda: ours_minimal(model, X, y, norm), repeats)
+            t_med, _, r = median_time(lambda: ours_minimal(model, X, y, norm), repeats)  # noqa: B023 - median_time calls it in this iteration
             ours[norm] = (r, t_med)
         r_linf = ours["linf"][0]
         cc = model.predict(X) == y
         eps = float(f"{np.quantile(np.asarray(r_linf.distance)[cc], EPS_QUANTILE):.2g}")
         ra_ours = float(r_linf.robust_accuracy(eps)[0])
-        t_aa, _, aa = median_time(lambda: autoattack_direct(model, X, y, eps), repeats)
+        t_aa, _, aa = median_time(lambda: autoattack_direct(model, X, y, eps), repeats)  # noqa: B023 - median_time calls it in this iteration
         out["robust_accuracy"].append({
             "task": task, "n": len(y), "clean": clean, "eps": eps, "ours": ra_ours, "aa": aa["robust_accuracy"],
             "aa_version": aa["version"], "aa_over": aa["max_norm_over_eps"], "t_ours": ours["linf"][1], "t_aa": t_aa,
@@ -329,16 +330,19 @@ def run(quick: bool = False, repeats: int = 3) -> dict[str, Any]:
 def markdown(res: dict[str, Any]) -> str:
     """The attack section of RESULTS.md."""
     L = ["## Attacks", "",
-         f"Medians of {res['repeats']} repeats for every time (the anchors of (b) and the three sides of (c) interleaved); all sides on the same points in one process, 1 torch thread.", "",
+         f"Medians of {res['repeats']} repeats for every time (the anchors of (b) and the three sides of (c) interleaved); "
+         "all sides on the same points in one process, 1 torch thread.", "",
          "### (a) Robust accuracy at one linf eps: our ensemble (minimal_radius, default effort) vs pyautoattack", "",
-         "| task | points | clean acc | eps | ours | AutoAttack | ours - AA | AutoAttack version | ours time (s) | AA time (s) | time ratio | AA max norm / eps |",
+         "| task | points | clean acc | eps | ours | AutoAttack | ours - AA | AutoAttack version | ours time (s) | AA time (s) | time ratio "
+         "| AA max norm / eps |",
          "|---|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|"]
     for r in res["robust_accuracy"]:
         L.append(f"| {r['task']} | {r['n']} | {r['clean']:.3f} | {r['eps']:g} | {r['ours']:.3f} | {r['aa']:.3f} | {r['diff']:+.3f} | "
                  f"{r['aa_version']} | {r['t_ours']:.2f} | {r['t_aa']:.2f} | {r['t_ours'] / r['t_aa']:.1f}x | {r['aa_over']:.7f} |")
     L += ["", "Our time is a whole minimal-radius run (the full robust-accuracy curve, every eps at once); AutoAttack's is one eps.", "",
           "### (b) Median minimal radius over the correctly classified points", "",
-          "| task | norm | points | ours | ours time (s) | " + " | ".join(["anchor: median / found / time (s)"]) + " | best anchor | ratio ours / best | ours <= per-point best anchor |",
+          "| task | norm | points | ours | ours time (s) | " + " | ".join(["anchor: median / found / time (s)"])
+          + " | best anchor | ratio ours / best | ours <= per-point best anchor |",
           "|---|---|---:|---:|---:|---|---|---:|---:|"]
     for r in res["radius"]:
         anchors = "; ".join(f"{k}: {a['median']:.4f} / {a['found']:.2f} / {a['time']:.2f}" for k, a in r["anchors"].items())

@@ -53,7 +53,7 @@ def make_data(n_train: int, n_query: int, d: int = 30, c: int = 10, n_val: int =
 def loop_metrics(model, X: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Reference: Jacobian and every metric one point at a time. Returns (metric table, Jacobians)."""
     dt = torch.float64 if getattr(model, "dtype", "float64") == "float64" else torch.float32
-    n, d = X.shape
+    n, _ = X.shape
     out = np.empty((n, len(COLUMNS)))
     jacs = []
     for i in range(n):
@@ -105,7 +105,7 @@ def batched_metrics_separate(model, X: np.ndarray, y: np.ndarray) -> np.ndarray:
 class Clock:
     """Wall and CPU (process) time of a block; with one torch thread CPU time is robust to a busy machine."""
 
-    def __enter__(self) -> "Clock":
+    def __enter__(self) -> Clock:
         self.w0, self.c0 = time.perf_counter(), time.process_time()
         return self
 

@@ -25,8 +25,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -90,11 +91,11 @@ def store_stats(path: Path) -> dict[str, Any]:
     ok = runs[runs["status"] == "ok"]
     per_job = runs.drop_duplicates(["model", "dataset", "seed"])
     return {
-        "runs": int(len(runs)), "failed": int(len(runs) - len(ok)), "jobs": int(len(per_job)),
+        "runs": len(runs), "failed": int(len(runs) - len(ok)), "jobs": len(per_job),
         "cached_fits": int(np.nansum(per_job["fit_cached"].to_numpy(dtype=float))),
         "eval_seconds": float(np.nansum(ok["eval_time"].to_numpy(dtype=float))),
         "fit_seconds": float(np.nansum(per_job["fit_time"].to_numpy(dtype=float))),
-        "pairs": set(zip(per_job["model"], per_job["dataset"])),
+        "pairs": set(zip(per_job["model"], per_job["dataset"], strict=True)),
     }
 
 
@@ -199,7 +200,8 @@ def markdown(res: dict[str, Any]) -> str:
     L = ["## Plan wall time and scaling", ""]
     d = res["default"]
     if d:
-        cold = f"{d['cold']:.1f}" if d["cold_finished"] else f"> {d['cold']:.0f} (stopped; {d['jobs']}/{d['jobs_total']} cells done, extrapolated {d['cold_extrapolated']:.0f})"
+        cold = (f"{d['cold']:.1f}" if d["cold_finished"]
+                else f"> {d['cold']:.0f} (stopped; {d['jobs']}/{d['jobs_total']} cells done, extrapolated {d['cold_extrapolated']:.0f})")
         warm = f"{d['warm']:.1f}" if d["warm"] is not None else "not measured"
         L += [f"`rba run --workers {res['workers']}` on the {d['plan']} ({d['jobs_total']} cells) in a fresh temporary directory "
               "(store, model cache, reports).", "",

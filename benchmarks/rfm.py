@@ -24,7 +24,6 @@ import statistics
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 from sklearn.datasets import make_classification
 from sklearn.preprocessing import StandardScaler
@@ -110,12 +109,13 @@ def main(argv: list[str] | None = None) -> str:
         dtypes = args.large_dtypes if (n >= 20000 and args.large_dtypes) else args.dtypes
         for dtype in dtypes:
             fns = {
-                "x": lambda: fit_xrfm(data, args.reg, dtype),
-                "rfm": lambda: fit_ours(RFM, data, args.reg, dtype),
-                "rfam": lambda: fit_ours(RFAM, data, args.reg, dtype),
+                # interleaved() calls every closure within this iteration, so data/dtype are the current ones
+                "x": lambda: fit_xrfm(data, args.reg, dtype),  # noqa: B023
+                "rfm": lambda: fit_ours(RFM, data, args.reg, dtype),  # noqa: B023
+                "rfam": lambda: fit_ours(RFAM, data, args.reg, dtype),  # noqa: B023
             }
             if args.xrfm_cholesky:
-                fns["xc"] = lambda: fit_xrfm(data, args.reg, dtype, solver="cholesky")
+                fns["xc"] = lambda: fit_xrfm(data, args.reg, dtype, solver="cholesky")  # noqa: B023 - called by interleaved() below
             res = interleaved(fns, reps)
             (t_x, a_x), (t_rfm, a_rfm), (t_rfam, a_rfam) = res["x"], res["rfm"], res["rfam"]
             row = dict(n=n, dtype=dtype, reps=reps, t_rfm=t_rfm, t_rfam=t_rfam, t_x=t_x, a_rfm=a_rfm, a_rfam=a_rfam, a_x=a_x)

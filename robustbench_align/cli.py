@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import typer
 
@@ -25,9 +26,9 @@ _state = {"quiet": False}
 
 
 def _console() -> Any:
-    from rich.console import Console
-
     import shutil
+
+    from rich.console import Console
 
     return Console(width=max(shutil.get_terminal_size((160, 40)).columns, 120))
 
@@ -42,7 +43,7 @@ def _main(quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress b
     _setup_logging(quiet)
 
 
-def _table(rows: list[dict[str, Any]], title: str | None = None) -> None:
+def _table(rows: Sequence[Mapping[Any, Any]], title: str | None = None) -> None:
     from rich.markup import escape
     from rich.table import Table
 
@@ -73,7 +74,7 @@ def datasets() -> None:
     from .data import registry as dreg
 
     if hasattr(dreg, "describe_datasets"):
-        rows = [{k: v for k, v in r.items()} for r in dreg.describe_datasets()]
+        rows = [dict(r) for r in dreg.describe_datasets()]
     else:
         rows = [{"name": n} for n in dreg.list_datasets()]
     _table(rows, "datasets")
@@ -95,9 +96,9 @@ def _write_all_reports(store: str, out: str) -> dict[str, Path]:
 
 @app.command()
 def run(
-    config: Optional[Path] = typer.Option(None, "--config", help="TOML plan file (keys: models, datasets, threats, seeds, points, ...)."),
+    config: Path | None = typer.Option(None, "--config", help="TOML plan file (keys: models, datasets, threats, seeds, points, ...)."),
     workers: int = typer.Option(1, "--workers", help="Local worker processes."),
-    dask: Optional[str] = typer.Option(None, "--dask", help="Address of an existing Dask scheduler, e.g. tcp://host:8786."),
+    dask: str | None = typer.Option(None, "--dask", help="Address of an existing Dask scheduler, e.g. tcp://host:8786."),
     quick: bool = typer.Option(False, "--quick", help="Smoke run: 2 datasets, 10 points."),
     full: bool = typer.Option(False, "--full", help="Every test point, longer exact-attack time limits."),
     store: str = typer.Option(DEFAULT_STORE, "--store", help="SQLite result store."),
@@ -124,6 +125,23 @@ def run(
         )
 
 
+def _is_factory(obj: Any) -> bool:
+    """A plain function callable without arguments (`module:make_model`): called for the model it returns.
+
+    Any other callable (a class, a predict_proba function taking X, a callable instance) is the model itself.
+    """
+    import inspect
+    import types
+
+    if not isinstance(obj, types.FunctionType) or hasattr(obj, "predict_proba") or hasattr(obj, "forward"):
+        return False
+    try:
+        params = inspect.signature(obj).parameters.values()
+    except (TypeError, ValueError):  # no introspectable signature: not treated as a factory
+        return False
+    return all(p.default is not p.empty or p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) for p in params)
+
+
 def _load_target(target: str, trust_pickle: bool) -> tuple[Any, bool]:
     """A registry name (returns (name, True)) or a loaded Model (returns (model, False))."""
     from .errors import ModelError
@@ -144,7 +162,7 @@ def _load_target(target: str, trust_pickle: bool) -> tuple[Any, bool]:
             obj = getattr(importlib.import_module(mod), attr)
         except (ImportError, AttributeError) as exc:
             raise ModelError(f"cannot import {target!r} ({type(exc).__name__}: {exc})") from None
-        if callable(obj) and not hasattr(obj, "predict_proba") and not hasattr(obj, "forward") and isinstance(obj, type(_load_target)):
+        if _is_factory(obj):
             obj = obj()
         from .models.base import wrap
 
@@ -159,8 +177,8 @@ def _load_target(target: str, trust_pickle: bool) -> tuple[Any, bool]:
 def evaluate(
     target: str = typer.Argument(..., help="Registry name, XGBoost .json, .skops file, saved model dir, or module:attr."),
     dataset: str = typer.Option(..., "--dataset", "-d", help="Dataset name (see `rba datasets`)."),
-    name: Optional[str] = typer.Option(None, "--name", help="Name shown in the leaderboard."),
-    config: Optional[Path] = typer.Option(None, "--config", help="Plan file whose threats/points/seeds to use."),
+    name: str | None = typer.Option(None, "--name", help="Name shown in the leaderboard."),
+    config: Path | None = typer.Option(None, "--config", help="Plan file whose threats/points/seeds to use."),
     store: str = typer.Option(DEFAULT_STORE, "--store"),
     out: str = typer.Option(DEFAULT_OUT, "--out"),
     trust_pickle: bool = typer.Option(False, "--trust-pickle", help="Allow loading a pickle file (executes code)."),
@@ -173,7 +191,8 @@ def evaluate(
     obj, is_registry = _load_target(target, trust_pickle)
     frames = []
     for seed in plan.seeds:
-        frames.append(_evaluate(obj, dataset, threats=plan.threats, points=plan.points, seed=seed, name=name or (None if is_registry else getattr(obj, "name", None) or Path(target).stem),
+        shown_name = name or (None if is_registry else getattr(obj, "name", None) or Path(target).stem)
+        frames.append(_evaluate(obj, dataset, threats=plan.threats, points=plan.points, seed=seed, name=shown_name,
                                 store=store, attack_time_limit=plan.attack_time_limit, dataset_params=plan.dataset_params.get(dataset)))
     files = _write_all_reports(store, out)
     from .reports.export import display_frame
@@ -190,9 +209,9 @@ def evaluate(
 def leaderboard_cmd(
     fmt: str = typer.Option("md", "--format", "-f", help="md, html, latex, csv or json."),
     store: str = typer.Option(DEFAULT_STORE, "--store"),
-    dataset: Optional[str] = typer.Option(None, "--dataset"),
-    threat: Optional[str] = typer.Option(None, "--threat"),
-    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write to this file instead of stdout."),
+    dataset: str | None = typer.Option(None, "--dataset"),
+    threat: str | None = typer.Option(None, "--threat"),
+    output: Path | None = typer.Option(None, "--output", "-o", help="Write to this file instead of stdout."),
 ) -> None:
     """Print (or write) the leaderboard from the store."""
     from .reports.export import render
@@ -216,7 +235,7 @@ def correlate(
     x: str = typer.Option("normal_alignment", "--x", help="Point metric on the x axis."),
     y: str = typer.Option("radius", "--y", help="Robustness measure (radius, r_lin, ...)."),
     threat: str = typer.Option("linf", "--threat"),
-    by: Optional[str] = typer.Option(None, "--by", help="Group column (e.g. model) for per-group correlations."),
+    by: str | None = typer.Option(None, "--by", help="Group column (e.g. model) for per-group correlations."),
     aggregate: bool = typer.Option(False, "--aggregate", help="Correlate (model, dataset) means instead of points."),
     store: str = typer.Option(DEFAULT_STORE, "--store"),
     plot: Path = typer.Option(Path("reports/correlation.png"), "--plot", help="Where to write the scatter plot."),
@@ -252,8 +271,8 @@ def correlate(
 @reproduce_app.command("rfam")
 def reproduce_rfam(
     seeds: int = typer.Option(4, "--seeds", help="Folds/seeds per dataset."),
-    dataset: Optional[list[str]] = typer.Option(None, "--dataset", help="Restrict to these datasets (repeatable)."),
-    uci_dir: Optional[str] = typer.Option(None, "--uci-dir", help="UCI-121 collection directory (default: $RBA_UCI121_DIR)."),
+    dataset: list[str] | None = typer.Option(None, "--dataset", help="Restrict to these datasets (repeatable)."),
+    uci_dir: str | None = typer.Option(None, "--uci-dir", help="UCI-121 collection directory (default: $RBA_UCI121_DIR)."),
     points: int = typer.Option(100, "--points", help="Test points per seed (0 = all)."),
     full: bool = typer.Option(False, "--full", help="All test points, full-effort strong attack."),
     out: str = typer.Option(DEFAULT_OUT, "--out"),
@@ -272,7 +291,7 @@ def reproduce_rfam(
 @reproduce_app.command("grokalign-tabular")
 def reproduce_grokalign_tabular(
     seeds: int = typer.Option(4, "--seeds"),
-    dataset: Optional[list[str]] = typer.Option(None, "--dataset"),
+    dataset: list[str] | None = typer.Option(None, "--dataset"),
     points: int = typer.Option(100, "--points"),
     full: bool = typer.Option(False, "--full"),
     out: str = typer.Option(DEFAULT_OUT, "--out"),
@@ -291,8 +310,8 @@ def reproduce_grokalign_tabular(
 
 @reproduce_app.command("grokking")
 def reproduce_grokking(
-    seeds: Optional[int] = typer.Option(None, "--seeds", help="Seeds per condition (default 5; --full: 10)."),
-    task: Optional[list[str]] = typer.Option(None, "--task", help="sparse_parity and/or modular_addition."),
+    seeds: int | None = typer.Option(None, "--seeds", help="Seeds per condition (default 5; --full: 10)."),
+    task: list[str] | None = typer.Option(None, "--task", help="sparse_parity and/or modular_addition."),
     full: bool = typer.Option(False, "--full", help="The full protocol: epoch caps 20000 (sparse parity) and 1000 (modular addition), 10 seeds."),
     out: str = typer.Option(DEFAULT_OUT, "--out"),
 ) -> None:
@@ -323,7 +342,7 @@ def bench(quick: bool = typer.Option(False, "--quick", help="Smaller sizes; fini
     if not (root / "benchmarks" / "__main__.py").exists():
         raise ConfigError("the benchmarks live in the source repository; run `rba bench` from a git checkout")
     cmd = [sys.executable, "-m", "benchmarks"] + (["--quick"] if quick else [])
-    raise typer.Exit(subprocess.call(cmd, cwd=root))
+    raise typer.Exit(subprocess.call(cmd, cwd=root))  # noqa: S603 - fixed argv: this interpreter, `-m benchmarks`, optional --quick
 
 
 def main() -> None:

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import tabular_data
 from robustbench_align.attacks.base import (
     NORMS,
     Attack,
@@ -28,8 +29,6 @@ from robustbench_align.attacks.base import (
 from robustbench_align.attacks.registry import get_attack, list_attacks, register_attack, unregister_attack
 from robustbench_align.errors import AttackError
 from robustbench_align.models.base import Model, wrap
-
-from conftest import tabular_data
 
 D, K, N = 4, 3, 8
 
@@ -194,7 +193,7 @@ def test_registration_refuses_what_is_not_an_attack() -> None:
 
 def test_subclasses_cannot_override_the_lifecycle() -> None:
     with pytest.raises(TypeError, match="implement _attack"):
-        class Sneaky(MinimalAttack):  # noqa: F841 - defining the class is the test
+        class Sneaky(MinimalAttack):
             def run(self, model: Any, X: Any, y: Any, norm: Any) -> AttackResult:  # type: ignore[override]
                 raise AssertionError("never called")
 
@@ -221,13 +220,14 @@ def test_claims_that_do_not_verify_are_rejected(models: dict[str, tuple[Model, n
     assert res.rejected == correct.sum() and not res.success[correct].any()
     fr = Overshoot().run(model, X, y, "linf", 0.1)
     assert not fr.success[correct].any() and fr.rejected >= 1
+
+    class Short(MinimalAttack):
+        name = "short"
+
+        def _attack(self, model: Model, X: np.ndarray, y: np.ndarray, norm: Norm) -> Candidates:
+            return Candidates(X[:1])
+
     with pytest.raises(AttackError, match="candidates of shape"):
-        class Short(MinimalAttack):
-            name = "short"
-
-            def _attack(self, model: Model, X: np.ndarray, y: np.ndarray, norm: Norm) -> Candidates:
-                return Candidates(X[:1])
-
         Short().run(model, X, y, "l2")
 
 

@@ -79,6 +79,31 @@ def test_evaluate_bad_target_is_one_line(tmp_path, target, msg):
     assert not (tmp_path / "s.sqlite").exists()
 
 
+def test_module_attr_factory_is_called_only_without_arguments(tmp_path):
+    import torch
+
+    from robustbench_align.cli import _is_factory
+
+    def make():
+        return torch.nn.Linear(4, 3)
+
+    def make_seeded(seed=0, **kw):
+        return make()
+
+    def proba(X):
+        return np.full((len(X), 3), 1 / 3)
+
+    assert _is_factory(make) and _is_factory(make_seeded) and _is_factory(lambda: None)
+    assert not any(_is_factory(o) for o in (proba, torch.nn.Linear, make(), len, np.mean))
+    # a predict_proba function is the model, not a factory: wrap's one-line error, not a TypeError from calling it
+    (tmp_path / "userproba.py").write_text("import numpy as np\n\ndef proba(X):\n    return np.full((len(X), 3), 1 / 3)\n")
+    import os
+
+    r = rba("evaluate", "userproba:proba", "--dataset", "iris", "--store", str(tmp_path / "s.sqlite"),
+            env={**os.environ, "PYTHONPATH": str(tmp_path)})
+    assert r.returncode == 2 and "needs n_features=" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
 def test_evaluate_feature_mismatch(tmp_path):
     xgb = pytest.importorskip("xgboost")
     X = np.random.default_rng(0).normal(size=(40, 7))

@@ -171,7 +171,7 @@ def test_synthetic_presets_differ_and_take_overrides():
     assert easy.n_features == 10 and hard.n_features == 30
     small = load_dataset("synthetic", n=200, d=8, n_informative=4, n_redundant=2)
     assert small.n_features == 8 and small.X_train.shape[0] + small.X_test.shape[0] == 200
-    with pytest.raises(DataError, match="synthetic.*invalid parameters"):
+    with pytest.raises(DataError, match=r"synthetic.*invalid parameters"):
         load_dataset("synthetic", d=5, n_informative=5, n_redundant=3)
 
 
@@ -215,7 +215,7 @@ def test_uci121_folds_and_val_exactly_as_the_files_say(name, k):
 
 
 def test_uci121_env_var_standardize_and_no_val(monkeypatch):
-    X, y, val, kf = _read_fixture("toy-three")
+    X, _, val, kf = _read_fixture("toy-three")
     monkeypatch.setenv(ENV_VAR, str(FIXTURE))
     ds = load_dataset("uci121:toy-three", seed=1, standardize=True)
     mean, std = X[kf[2]].mean(axis=0), X[kf[2]].std(axis=0)
@@ -261,10 +261,10 @@ def test_uci121_malformed_index_and_header(tmp_path):
     d = _copy_fixture(tmp_path)
     kf = (d / "conxuntos_kfold.dat").read_text().splitlines()
     (d / "conxuntos_kfold.dat").write_text("\n".join(kf[:6]) + "\n")
-    with pytest.raises(DataError, match="conxuntos_kfold.dat has 6 index lines, expected 8"):
+    with pytest.raises(DataError, match=r"conxuntos_kfold\.dat has 6 index lines, expected 8"):
         load_dataset("uci121:toy-three", root=tmp_path)
     (d / "conxuntos_kfold.dat").write_text("\n".join(kf[:7] + [kf[7] + " 42"]) + "\n")
-    with pytest.raises(DataError, match="line 8 has index 42 outside 0..41"):
+    with pytest.raises(DataError, match=r"line 8 has index 42 outside 0\.\.41"):
         load_dataset("uci121:toy-three", root=tmp_path)
     (d / "conxuntos_kfold.dat").write_text("\n".join(kf) + "\n")
     lines = (d / "toy-three_R.dat").read_text().splitlines()
@@ -278,7 +278,7 @@ def test_uci121_unknown_name_root_and_fold():
         load_dataset("uci121:toy-tree", root=FIXTURE)
     with pytest.raises(DataError, match="not a dataset directory name"):
         load_dataset("uci121:../uci121", root=FIXTURE)
-    with pytest.raises(DataError, match="fold must be an integer 0..3"):
+    with pytest.raises(DataError, match=r"fold must be an integer 0\.\.3"):
         load_dataset("uci121:toy-three", root=FIXTURE, fold=4)
     with pytest.raises(DataError, match="does not take parameter 'test_size'"):
         load_dataset("uci121:toy-three", root=FIXTURE, test_size=0.2)
@@ -348,7 +348,8 @@ def test_table_bad_inputs_raise_one_line(tmp_path):
                   r"no target column \(looked for target, label, class, y\).*available columns: id, a, b, flag, kind"))
     cases.append((_csv(tmp_path, df.assign(label="cat"), "one.csv"), {}, r"only one class \(cat\)"))
     three = df.head(3).assign(label=["x", "y", "z"])
-    cases.append((_csv(tmp_path, three, "three.csv"), {}, r"class x, y, z has fewer than 2 rows; a stratified train/test split needs at least 2 rows per class"))
+    cases.append((_csv(tmp_path, three, "three.csv"), {},
+                  r"class x, y, z has fewer than 2 rows; a stratified train/test split needs at least 2 rows per class"))
     ten = df.head(10).assign(label=list("aabbccddee"))
     cases.append((_csv(tmp_path, ten, "ten.csv"), {}, r"leaves 3 test rows for 5 classes"))
     cases.append((_csv(tmp_path, df.assign(label=[None] + ["a", "b"] * 14 + ["a"]), "miss.csv"), {},
@@ -379,11 +380,11 @@ def test_unknown_names_and_params():
         load_dataset("xor", dims=3)
     with pytest.raises(DataError, match="dataset 'wine' does not take parameter 'data_seed'"):
         load_dataset("wine", data_seed=1)
-    with pytest.raises(DataError, match="seed must be in 0..4294967295"):
+    with pytest.raises(DataError, match=r"seed must be in 0\.\.4294967295"):
         load_dataset("wine", seed=-1)
-    with pytest.raises(DataError, match="n must be in 2..8"):
+    with pytest.raises(DataError, match=r"n must be in 2\.\.8"):
         load_dataset("sparse_parity", n_bits=3, n=9)
-    with pytest.raises(DataError, match="k must be in 1..43"):
+    with pytest.raises(DataError, match=r"k must be in 1\.\.43"):
         load_dataset("sparse_parity", k=50)
     with pytest.raises(DataError, match="standardize must be true or false"):
         load_dataset("iris", standardize="yes")

@@ -14,7 +14,6 @@ from robustbench_align.attacks.api import fixed_eps_per_point, minimal_radius, r
 from robustbench_align.attacks.base import Candidates, FixedEpsAttack, MinimalAttack
 from robustbench_align.attacks.ensemble import EnsembleAttack
 from robustbench_align.attacks.refine import Refine
-from robustbench_align.attacks.results import RadiusResult
 from robustbench_align.attacks.registry import (
     applicable_attacks,
     default_eps_grid,
@@ -23,6 +22,7 @@ from robustbench_align.attacks.registry import (
     list_attacks,
     list_threat_models,
 )
+from robustbench_align.attacks.results import RadiusResult
 from robustbench_align.errors import AttackError
 from robustbench_align.models.base import ProbaModel, wrap
 
@@ -50,7 +50,7 @@ def _linear_adversarial(model, X, y, norm):
     b = model.module.bias.detach().numpy()
     dual = {"l2": 2, "linf": 1, "l1": np.inf}[norm]
     x_adv, dist = X.copy(), np.full(X.shape[0], np.inf)
-    for i, (x, c) in enumerate(zip(X, y)):
+    for i, (x, c) in enumerate(zip(X, y, strict=True)):
         for k in range(W.shape[0]):
             if k == c:
                 continue
@@ -364,9 +364,9 @@ def test_registry_lists_and_errors():
     assert set(list_threat_models()) >= {"linf", "l2", "paper-pgd"}
     assert default_eps_grid("linf") == (0.05, 0.1, 0.25, 0.5, 1.0, 2.0)
     assert default_eps_grid("l2") == (0.1, 0.25, 0.5, 1.0, 2.0, 4.0)
-    with pytest.raises(AttackError, match="unknown attack 'nope'.*hsj"):
+    with pytest.raises(AttackError, match=r"unknown attack 'nope'.*hsj"):
         get_attack("nope")
-    with pytest.raises(AttackError, match="unknown threat model.*linf"):
+    with pytest.raises(AttackError, match=r"unknown threat model.*linf"):
         get_threat_model("linf3")
     with pytest.raises(AttackError, match="takes no argument bogus"):
         get_attack("hsj", bogus=1)
@@ -374,7 +374,7 @@ def test_registry_lists_and_errors():
 
 
 def test_threat_models_resolve_per_family(linear):
-    model, X, y = linear
+    model, _, _ = linear
     box = ProbaModel(lambda Z: model.predict_proba(Z), D, K, name="blackbox")
     assert [n for n, _ in get_threat_model("linf").resolve(box)] == ["hsj"]
     assert [n for n, _ in get_threat_model("l2").resolve(box)] == ["hsj"]
@@ -420,7 +420,7 @@ def test_tree_ensemble_threat_model_is_exact():
     h = minimal_radius(rf, X, y, "linf", attacks=["hsj"], max_queries=1000)
     assert (h.distance[cc] >= res.distance[cc] - 4 * np.finfo(np.float32).eps * (1 + np.abs(X[cc]).max(axis=1))).all()
     # the paper protocol falls back to the exact attacks on trees: robust accuracy = thresholded exact radii
-    per_eps, used, rejected, flags = fixed_eps_per_point(rf, X, y, threat="paper-pgd")
+    per_eps, used, rejected, _ = fixed_eps_per_point(rf, X, y, threat="paper-pgd")
     assert used[0] in ("veritas", "milp") and rejected == 0
     for e, robust in per_eps.items():
         np.testing.assert_array_equal(robust, res.distance > e)
@@ -490,7 +490,7 @@ def test_default_threat_on_torch_model_matches_exact_radius(linear, norm):
 
 
 def test_nondeterministic_and_softmax_flags(linear):
-    model, X, y = linear
+    model, X, _ = linear
     rng = np.random.default_rng(0)
     noisy = ProbaModel(lambda Z: np.clip(model.predict_proba(Z) + 0.01 * rng.standard_normal((Z.shape[0], K)), 0, None), D, K, name="noisy")
     assert checks.nondeterministic(noisy, X)[0] == "nondeterministic"
@@ -520,13 +520,13 @@ def test_bad_input_errors(linear):
     with pytest.raises(AttackError, match="takes argument max_querys"):
         minimal_radius(model, X, y, attacks=["hsj"], max_querys=5)
     box = ProbaModel(lambda Z: model.predict_proba(Z), D, K, name="box")
-    with pytest.raises(AttackError, match="needs the torch_logits capability.*applicable attacks: hsj"):
+    with pytest.raises(AttackError, match=r"needs the torch_logits capability.*applicable attacks: hsj"):
         minimal_radius(box, X, y, "l2", attacks=[ExactLinear()])
     with pytest.raises(AttackError, match="does not support norm 'l1'"):
         minimal_radius(model, X, y, "l1", attacks=["hsj"])
-    with pytest.raises(AttackError, match="'fab' needs the torch_logits capability, which 'box' lacks; applicable attacks: hsj$"):
+    with pytest.raises(AttackError, match=r"'fab' needs the torch_logits capability, which 'box' lacks; applicable attacks: hsj$"):
         minimal_radius(box, X, y, "linf", attacks=["fab"])
-    with pytest.raises(AttackError, match="'milp' needs the tree_ensemble capability.*applicable attacks: .*fab.*hsj"):
+    with pytest.raises(AttackError, match=r"'milp' needs the tree_ensemble capability.*applicable attacks: .*fab.*hsj"):
         minimal_radius(model, X, y, "linf", attacks=["milp"])
     for msg in ("eps must be finite",):
         with pytest.raises(AttackError, match=msg):

@@ -6,15 +6,16 @@ import json
 import numpy as np
 import pytest
 import torch
-from torch import nn
 from sklearn.datasets import load_breast_cancer
 from sklearn.model_selection import train_test_split
 from sklearn.preprocessing import StandardScaler
+from torch import nn
 
 from robustbench_align.errors import ModelError
 from robustbench_align.models.grokalign import (
     GrokAlignMLP,
     exact_frobenius,
+    grokalign_loss,
     hutchinson_frobenius,
     jacobians,
     offset,
@@ -121,9 +122,25 @@ def test_forward_and_double_backward_jvp_agree_with_parameter_gradients():
         results.append((out.detach(), jx.detach(), [p.grad.clone() for p in net.parameters()]))
     (o1, j1, g1), (o2, j2, g2) = results
     assert torch.allclose(o1, o2, atol=1e-12) and torch.allclose(j1, j2, atol=1e-10)
-    assert all(torch.allclose(a, b, atol=1e-9) for a, b in zip(g1, g2))
+    assert all(torch.allclose(a, b, atol=1e-9) for a, b in zip(g1, g2, strict=True))
     with pytest.raises(ModelError):
         output_and_jvp(_net(), x, method="numeric")
+
+
+def test_grokalign_loss_is_task_plus_lam_times_the_terms():
+    net = _net()
+    x = torch.randn(16, 6, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    y = torch.arange(16) % 4
+    loss, terms = grokalign_loss(net, x, y, torch.Generator().manual_seed(2), lam=0.3)
+    assert set(terms) == {"task", "jac", "offset"}
+    assert terms["task"] == pytest.approx(float(nn.functional.cross_entropy(net(x), y)), rel=1e-12)
+    assert float(loss) == pytest.approx(terms["task"] + 0.3 * (terms["jac"] + terms["offset"]), rel=1e-12)
+    loss.backward()  # differentiable in the parameters through both regulariser terms
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in net.parameters())
+    measured, terms0 = grokalign_loss(net, x, y, torch.Generator().manual_seed(2), lam=0.0, offset=False)
+    assert set(terms0) == {"task", "jac"} and float(measured) == pytest.approx(terms0["task"], rel=1e-12)
+    with pytest.raises(ModelError, match="loss must be"):
+        grokalign_loss(net, x, y, lam=0.1, loss="hinge")
 
 
 def test_regulariser_lowers_jacobian_norm_and_offset(cancer):

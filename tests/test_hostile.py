@@ -25,7 +25,8 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from robustbench_align import load_dataset, wrap
 from robustbench_align.errors import AttackError, ConfigError, DataError, ModelError, RBAError, StoreError
@@ -131,7 +132,7 @@ def _write_table(fmt: str, path: Path, names, kinds, cols, labels, target: str) 
         frame.to_csv(path, index=False)
         return
     arrays = [pa.array([None if v is None else str(v) for v in c]) if kind == "mixed" else pa.array(c, from_pandas=False)
-              for kind, c in zip(kinds, cols)]
+              for kind, c in zip(kinds, cols, strict=True)]
     arrays.append(pa.array([None if v is None else str(v) for v in labels]))
     pq.write_table(pa.Table.from_arrays(arrays, names=names + [target]), path)
 
@@ -161,7 +162,7 @@ def test_load_dataset_on_hostile_tables(table, fmt, target):
         path = Path(d) / f"t.{fmt}"
         _write_table(fmt, path, names, kinds, cols, labels, target)
         out = expect(lambda: load_dataset(f"{fmt}:{path}", seed=0, target=target), DataError)
-    numeric_cols = [c for kind, c in zip(kinds, cols) if kind in ("finite", "float", "huge", "int", "const", "bool")]
+    numeric_cols = [c for kind, c in zip(kinds, cols, strict=True) if kind in ("finite", "float", "huge", "int", "const", "bool")]
     has_nonfinite = any(not math.isfinite(float(v)) for c in numeric_cols for v in c)
     n_classes = len({v for v in labels if v is not None})
     if isinstance(out, DataError):
@@ -222,7 +223,7 @@ def test_test_rows_far_outside_training_spread_are_refused_not_inf(tmp_path):
     # training rows of a column span ~1e-300, a test row holds 1e308: (x - mean) / std overflows
     text = "a,target\n" + "".join(f"{v},{i % 2}\n" for i, v in enumerate([1e-300, 2e-300, 3e-300, 4e-300, 1e308, 5e-300, 6e-300, 1e308]))
     for seed in range(4):
-        out = expect(lambda: load_dataset(_csv(tmp_path / "t.csv", text), seed=seed), DataError)
+        out = expect(lambda: load_dataset(_csv(tmp_path / "t.csv", text), seed=seed), DataError)  # noqa: B023 - expect calls it at once
         if isinstance(out, DataError):
             assert "overflows" in str(out)
         else:
@@ -315,7 +316,7 @@ CALLABLES = {
     "3d": lambda X: np.ones((len(X), 2, 2)),
     "list": lambda X: [[0.5, 0.5]] * len(X),
 }
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _library_model(kind: str):
     """Small scikit-learn/XGBoost objects (fitted once per session): classifiers, unfitted, a regressor."""
     import xgboost as xgb
@@ -336,7 +337,7 @@ def _library_model(kind: str):
 
 OBJECTS = {
     **{f"lib_{k}": (lambda k=k: _library_model(k)) for k in ("rf", "rf_unfitted", "xgb", "xgb_unfitted", "regressor")},
-    "int": lambda: 5, "str": lambda: "mlp", "none": lambda: None, "dict": lambda: {}, "ndarray": lambda: np.zeros(3),
+    "int": lambda: 5, "str": lambda: "mlp", "none": lambda: None, "dict": dict, "ndarray": lambda: np.zeros(3),
     "seq": _seq, "seq_f64": lambda: _seq(dtype=torch.float64), "seq_f16": lambda: _seq(dtype=torch.float16),
     "one_out": lambda: nn.Sequential(nn.Linear(3, 1)), "zero_out": lambda: nn.Sequential(nn.Linear(3, 0)),
     "no_linear": _NoLinear, "raises": _Raises, "three_d": _ThreeD, "nan_out": _NaNOut, "empty_seq": nn.Sequential,
@@ -383,10 +384,10 @@ def test_wrap_declared_shapes_are_checked():
     err = expect(lambda: wrap(_seq(), n_classes=3), ModelError)
     assert isinstance(err, ModelError) and "returns 2 logits" in str(err)
     for bad in (0, -1, 1.5, "3", True, 10**12):
-        assert isinstance(expect(lambda: wrap(_NoLinear(), n_features=bad), ModelError), ModelError)
-        assert isinstance(expect(lambda: wrap(_proba, n_features=bad), ModelError), ModelError)
+        assert isinstance(expect(lambda: wrap(_NoLinear(), n_features=bad), ModelError), ModelError)  # noqa: B023 - expect calls it at once
+        assert isinstance(expect(lambda: wrap(_proba, n_features=bad), ModelError), ModelError)  # noqa: B023 - expect calls it at once
     for bad in (0, 1, -1, 2.5, "2"):
-        assert isinstance(expect(lambda: wrap(_proba, n_features=3, n_classes=bad), ModelError), ModelError)
+        assert isinstance(expect(lambda: wrap(_proba, n_features=3, n_classes=bad), ModelError), ModelError)  # noqa: B023 - called at once
     assert isinstance(expect(lambda: wrap(_proba), ModelError), ModelError)  # a callable needs n_features=
     m = wrap(_NoLinear(), n_features=3)
     assert m.n_classes == 2 and m.n_features == 3
@@ -588,7 +589,7 @@ def test_alignment_refuses_trees_and_black_boxes_cleanly(models):
 
     X = np.zeros((2, 3))
     for name in ("rf", "xgb", "box"):
-        err = expect(lambda: alignment(models[name][0], X), ModelError)
+        err = expect(lambda: alignment(models[name][0], X), ModelError)  # noqa: B023 - expect calls it at once
         assert isinstance(err, ModelError) and "torch_logits" in str(err)
         df = alignment(models[name][0], X, on_unsupported="nan")
         assert df["normal_alignment"].isna().all() and df["reason"].notna().all()
@@ -739,7 +740,7 @@ def _plan_is_sane(plan: Plan) -> None:
 
     assert plan.models and set(plan.models) <= set(MODEL_NAMES)
     assert plan.threats and all(t in list_threat_models() for t in plan.threats)  # canonical names
-    assert plan.datasets and all(d in list_datasets() or d.partition(":")[0] in ("csv", "parquet", "uci121") and d.partition(":")[2]
+    assert plan.datasets and all(d in list_datasets() or (d.partition(":")[0] in ("csv", "parquet", "uci121") and d.partition(":")[2])
                                  for d in plan.datasets)
     assert plan.seeds and all(isinstance(s, int) and 0 <= s < 2**32 for s in plan.seeds)
     assert isinstance(plan.points, int) and plan.points >= 0
@@ -819,23 +820,22 @@ POINT_FIELDS = ["idx", "y", "pred", "correct", "radius", "lower_bound", "by_atta
 @FEW
 @given(st.dictionaries(st.sampled_from(RUN_FIELDS + [f"p_{f}" for f in POINT_FIELDS]), STORE_VALUES, min_size=1, max_size=3))
 def test_store_write_is_all_or_nothing(over):
-    with tempfile.TemporaryDirectory() as d:
-        with Store(Path(d) / "s.sqlite") as st_:
-            st_.write([_record("keep", n=4), _record("r1", n=3)])
-            before = st_.dump()
-            rec = _record("r1", n=3, **over)
-            out = expect(lambda: st_.write([rec]), StoreError)
-            after = st_.dump()
-            if isinstance(out, StoreError):  # refused: nothing of the new version, the old run intact
-                assert after == before
-                return
-            assert out == 1
-            runs = st_.runs().set_index("run_id")
-            pts = st_.points()
-            rid = rec.run["run_id"]
-            assert set(runs.index) == {"keep", rid} | ({"r1"} if rid != "r1" else set())
-            assert (pts["run_id"] == rid).sum() == len(rec.points)  # the whole run, not a part of it
-            assert (pts["run_id"] == "keep").sum() == 4
+    with tempfile.TemporaryDirectory() as d, Store(Path(d) / "s.sqlite") as st_:
+        st_.write([_record("keep", n=4), _record("r1", n=3)])
+        before = st_.dump()
+        rec = _record("r1", n=3, **over)
+        out = expect(lambda: st_.write([rec]), StoreError)
+        after = st_.dump()
+        if isinstance(out, StoreError):  # refused: nothing of the new version, the old run intact
+            assert after == before
+            return
+        assert out == 1
+        runs = st_.runs().set_index("run_id")
+        pts = st_.points()
+        rid = rec.run["run_id"]
+        assert set(runs.index) == {"keep", rid} | ({"r1"} if rid != "r1" else set())
+        assert (pts["run_id"] == rid).sum() == len(rec.points)  # the whole run, not a part of it
+        assert (pts["run_id"] == "keep").sum() == 4
 
 
 def test_store_refusals_are_store_errors(tmp_path):
@@ -843,9 +843,8 @@ def test_store_refusals_are_store_errors(tmp_path):
     assert isinstance(expect(lambda: Store(tmp_path / "dir.sqlite"), StoreError), StoreError)
     (tmp_path / "file").write_text("x")
     assert isinstance(expect(lambda: Store(tmp_path / "file" / "s.sqlite"), StoreError), StoreError)
-    with pytest.raises(StoreError):
-        with exclusive(tmp_path / "file" / "s.sqlite"):
-            pass
+    with pytest.raises(StoreError), exclusive(tmp_path / "file" / "s.sqlite"):
+        pass
     with Store(tmp_path / "ok.sqlite") as s:
         s.write([_record("a")])
     with Store(tmp_path / "ok.sqlite", readonly=True) as s:

@@ -224,7 +224,7 @@ def test_normal_aligned_model(c, d, sign):
 
 def test_non_aligned_model_scores_below_one():
     d, c = 6, 3
-    model, W, _ = linear_model(d, c, seed=3)
+    model, _, _ = linear_model(d, c, seed=3)
     X = RNG.normal(size=(50, d))
     df = alignment(model, X)
     assert (df["normal_alignment"] < 1 - 1e-3).all()

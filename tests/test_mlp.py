@@ -189,7 +189,7 @@ def test_init_scale_multiplies_default_init():
     g1, g8 = torch.Generator().manual_seed(0), torch.Generator().manual_seed(0)
     a = build_module(30, 2, [50], generator=g1)
     b = build_module(30, 2, [50], init_scale=8.0, generator=g8)
-    for pa, pb in zip(a.parameters(), b.parameters()):
+    for pa, pb in zip(a.parameters(), b.parameters(), strict=True):
         assert torch.allclose(pb, 8.0 * pa)
     w = a[0].weight
     assert w.abs().max() <= 1 / np.sqrt(30) and w.abs().max() > 0.9 / np.sqrt(30)
@@ -197,7 +197,7 @@ def test_init_scale_multiplies_default_init():
 
 
 def test_early_stopping_restores_best_epoch(cancer):
-    Xtr, Xte, ytr, yte = cancer
+    Xtr, Xte, ytr, _ = cancer
     Xa, Xv, ya, yv = train_test_split(Xtr, ytr, test_size=0.25, random_state=1, stratify=ytr)
     m = MLP(hidden=(128, 128), lr=1e-2, epochs=200, early_stopping=True, patience=5).fit(Xa, ya, Xv, yv)
     vl = m.history_["val_loss"]

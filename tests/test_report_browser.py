@@ -1,5 +1,4 @@
 """The HTML leaderboard in a real headless Chromium: loads cleanly, one row per model, sorting works, plots render."""
-import math
 import shutil
 from pathlib import Path
 

@@ -1,6 +1,7 @@
 """The grokking reproduction: schedule, grokking rule, data, metrics, statistics and a tiny end-to-end run."""
 from __future__ import annotations
 
+import itertools
 import json
 import math
 
@@ -35,7 +36,7 @@ def test_schedule_matches_the_reference_logging_rule():
     assert full[:3] == [0, 1, 2] and 99 in full and 100 in full and 105 not in full
     assert 990 in full and 995 not in full and 1100 in full and 1150 not in full
     assert 9900 in full and 10_100 not in full and 11_000 in full and full[-1] == 20_000
-    assert all(b > a for a, b in zip(full, full[1:]))
+    assert all(b > a for a, b in itertools.pairwise(full))
     assert [e for e in range(20_001) if is_eval_epoch(e)] == full
     # a cap off the schedule is evaluated too
     short = eval_schedule(1234)
@@ -67,7 +68,7 @@ def test_sparse_parity_data_unique_rows_parity_labels_and_split():
     assert np.array_equal(Ptr, 1 - 2 * Xtr) and np.array_equal(ptr, ytr)
     assert np.array_equal(ptr, (np.prod(Ptr[:, :3], axis=1) < 0).astype(int))  # label 1 iff product is -1
     a = sparse_parity_data(400, 3, 10, 0.5, "binary", seed=3)
-    assert all(np.array_equal(u, v) for u, v in zip(a, (Xtr, ytr, Xte, yte)))
+    assert all(np.array_equal(u, v) for u, v in zip(a, (Xtr, ytr, Xte, yte), strict=True))
     with pytest.raises(ConfigError):
         sparse_parity_data(100, 2, 4, 0.5, "binary", seed=0)  # only 64 distinct vectors
 
@@ -172,7 +173,7 @@ def test_tiny_end_to_end_reproduction(tmp_path):
     t = data["tasks"]["sparse_parity"]
     assert t["cap"] == 200 and len(t["runs"]) == 4
     assert any(r["grokked"] for r in t["runs"])
-    for cond, s in t["conditions"].items():
+    for s in t["conditions"].values():
         assert s["runs"] == 2 and s["grokked"] + s["not_grokked"] == 2
         for key in ("mean_epoch", "median_epoch", "mean_time_s"):
             assert (s[key] is None) == (s["grokked"] == 0)

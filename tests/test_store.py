@@ -87,8 +87,7 @@ def test_detects_truncated_file(tmp_path):
     data = p.read_bytes()
     p.write_bytes(data[: len(data) // 2])
     with pytest.raises(StoreError):
-        st2 = Store(p)
-        st2.points()
+        Store(p).points()
 
 
 def test_lock_refuses_second_driver(tmp_path):

@@ -187,7 +187,7 @@ def test_wrong_strictness_or_rounding_would_be_caught(fitted, data):
 
 
 def test_gbdt_exponential_loss_and_single_tree(data):
-    Xtr, Xte, ytr, _ = data["binary"]
+    Xtr, _, ytr, _ = data["binary"]
     g = GradientBoostingModel(n_estimators=15, loss="exponential").fit(Xtr, ytr)
     ens = g.tree_ensemble()
     assert ens.meta["raw_scale"] == 2.0
@@ -290,8 +290,9 @@ def test_save_load_round_trip(fitted, data, tmp_path, family, task):
 
 
 def test_skops_state_with_foreign_types_is_refused(fitted, tmp_path):
-    import skops.io as sio
     from fractions import Fraction
+
+    import skops.io as sio
 
     m = fitted("rf", "binary")
     where = save_model(m, tmp_path / "m")
@@ -333,7 +334,7 @@ def test_xgboost_json_parses_like_the_booster(fitted, xgb_doc):
     ens_json = tree_ensemble_from_json(xgb_doc)
     ens = fitted("xgb", "binary").tree_ensemble()
     assert len(ens_json.trees) == len(ens.trees)
-    for a, b in zip(ens_json.trees, ens.trees):
+    for a, b in zip(ens_json.trees, ens.trees, strict=True):
         np.testing.assert_array_equal(a.threshold, b.threshold)
         np.testing.assert_array_equal(a.value, b.value)
     # base_score bias (probability space → logit) matches the measured intercept
@@ -465,7 +466,7 @@ def test_wrap_black_box_and_label_mapping(data):
 def test_wrap_unfitted_and_unusable_objects(data):
     Xb, _, yb, _ = data["binary"]
     for obj in (RandomForestClassifier(), GradientBoostingClassifier(), xgb.XGBClassifier(), LogisticRegression(), xgb.Booster()):
-        with pytest.raises(ModelError, match="fit|train"):
+        with pytest.raises(ModelError, match=r"fit|train"):
             wrap(obj)
     with pytest.raises(ModelError, match="predict_proba"):
         wrap(SVC().fit(Xb[:100], yb[:100]))

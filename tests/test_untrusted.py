@@ -21,7 +21,8 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from robustbench_align.errors import ModelError
 from robustbench_align.models.persistence import fit_cached, load_model, save_model
@@ -223,7 +224,7 @@ def test_planted_state_in_cache_is_refitted_never_executed(tmp_path, marker, iri
     again, cached, _ = fit_cached(spec, iris, 0, cache, **SMALL[spec])  # ... and the cache refits it
     assert not cached
     np.testing.assert_array_equal(again.predict(iris.X_test), model.predict(iris.X_test))
-    third, cached, _ = fit_cached(spec, iris, 0, cache, **SMALL[spec])  # the refit was saved again, cleanly
+    _, cached, _ = fit_cached(spec, iris, 0, cache, **SMALL[spec])  # the refit was saved again, cleanly
     assert cached
 
 
@@ -510,7 +511,7 @@ def test_hostile_names_in_every_report_format(models, dataset, threat, family, f
         assert list(back[col]) == [str(v) for v in board[col]], col  # CSV is data: exact round trip
     rows = json.loads(render(board, "json", overall))  # strict JSON (no NaN tokens) that round-trips
     assert [(r["name"], r["family"], r["dataset"], r["threat_model"]) for r in rows] == \
-        list(zip(board["model"], board["family"], board["dataset"], board["threat"]))
+        list(zip(board["model"], board["family"], board["dataset"], board["threat"], strict=True))
 
 
 def test_hostile_names_with_plots_in_the_page():

@@ -5,7 +5,8 @@ capabilities allow) and runs it through the per-point-best `EnsembleAttack`.
 """
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 
@@ -121,7 +122,7 @@ def fixed_eps_run(model: Any, X: Any, y: Any, norm: str = "linf", eps: Any = Non
 
 
 def robust_accuracy(model: Any, X: Any, y: Any, norm: str = "linf", eps: Any = None, *, attacks: Any = None, seed: int = 0,
-                    from_radius: bool = True, threat: Any = None, **kw: Any) -> "Any":
+                    from_radius: bool = True, threat: Any = None, **kw: Any) -> Any:
     """Robust accuracy at each eps as a DataFrame (eps, robust_accuracy, clean_accuracy).
 
     from_radius=True thresholds one minimal-radius run (monotone by construction); False runs the
@@ -159,4 +160,4 @@ def fixed_eps_per_point(model: Any, X: Any, y: Any, *, threat: Any, seed: int = 
     return {float(e): fr.robust(e) for e in fr.eps}, fr.attacks_used, fr.rejected, fr.flags
 
 
-__all__ = ["minimal_radius", "robust_accuracy", "fixed_eps_run", "fixed_eps_per_point", "RadiusResult", "FixedEpsResult"]
+__all__ = ["FixedEpsResult", "RadiusResult", "fixed_eps_per_point", "fixed_eps_run", "minimal_radius", "robust_accuracy"]

@@ -23,7 +23,6 @@ windows (padding pixels are never read by the model and dropped on the way back)
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import logging
 from collections.abc import Iterator, Sequence
 from typing import Any, ClassVar
@@ -33,7 +32,7 @@ import torch
 
 from ..errors import AttackError
 from ..models.base import Model
-from .base import NORMS, Candidates, FixedEpsAttack, Norm, clean_correct_rows
+from .base import NORMS, Candidates, FixedEpsAttack, Norm, backend_available, clean_correct_rows, import_backend
 from .candidates import Keeper
 from .params import derive_seed, int_arg
 from .torch_adapter import BoxMap, TorchAttack, frozen_parameters, library_norm_name, seeded
@@ -47,16 +46,12 @@ ATTACK_NAMES = ("apgd-ce", "apgd-dlr", "apgd-t", "fab", "fab-t", "square")
 
 def pyautoattack_available() -> bool:
     """True when pyautoattack can be imported here."""
-    return importlib.util.find_spec("pyautoattack") is not None
+    return backend_available("pyautoattack")
 
 
 def import_pyautoattack() -> Any:
     """Import pyautoattack lazily; AttackError with the install line when it is missing."""
-    try:
-        import pyautoattack
-    except ImportError:
-        raise AttackError(f"pyautoattack is not installed; {PYAUTOATTACK_HINT}") from None
-    return pyautoattack
+    return import_backend("pyautoattack", PYAUTOATTACK_HINT)
 
 
 @contextlib.contextmanager

@@ -17,18 +17,34 @@ backend installed), `install_hint`, `exact` (a complete method whose lower bound
 """
 from __future__ import annotations
 
+import importlib
+import importlib.util
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 import numpy as np
 
 from ..errors import AttackError
 from ..models.base import Model, check_features, wrap
 
+_T = TypeVar("_T")
+
 NORMS: tuple[str, ...] = ("linf", "l2", "l1")
 BUDGET_RTOL = 1e-6  # an adversarial at eps * (1 + 1e-6) counts as within eps (float round-off of the norm)
+
+
+# ----------------------------------------------------------------------------------------
+# Registry lookups
+# ----------------------------------------------------------------------------------------
+def lookup(table: Mapping[str, _T], name: object, what: str, choices: Iterable[str] | None = None) -> _T:
+    """table[name.lower()], or AttackError "unknown <what> 'name'; choose one of ..." (the table's keys by default)."""
+    key = str(name).lower()
+    if key not in table:
+        raise AttackError(f"unknown {what} {name!r}; choose one of {', '.join(table if choices is None else choices)}")
+    return table[key]
 
 
 # ----------------------------------------------------------------------------------------
@@ -47,17 +63,14 @@ class Norm:
     q: float
 
     @staticmethod
-    def of(norm: "str | Norm") -> "Norm":
+    def of(norm: str | Norm) -> Norm:
         """The Norm for a name (case-insensitive) or a Norm; AttackError naming the valid ones otherwise."""
         if isinstance(norm, Norm):
             return norm
-        key = str(norm).lower()
-        if key not in _BY_NAME:
-            raise AttackError(f"unknown norm {norm!r}; choose one of {', '.join(NORMS)}")
-        return _BY_NAME[key]
+        return lookup(_BY_NAME, norm, "norm")
 
     @property
-    def dual(self) -> "Norm":
+    def dual(self) -> Norm:
         """The dual norm (linf <-> l1, l2 <-> l2)."""
         return _BY_P[self.q]
 
@@ -66,7 +79,8 @@ class Norm:
         D = np.asarray(D, dtype=np.float64)
         if D.shape[0] == 0:
             return np.zeros(0)
-        return np.linalg.norm(D, ord=self.p, axis=1)
+        n: np.ndarray = np.linalg.norm(D, ord=self.p, axis=1)
+        return n
 
     def distance(self, X: np.ndarray, X_adv: np.ndarray) -> np.ndarray:
         """Per-row norm of X_adv - X in float64."""
@@ -82,7 +96,7 @@ class Norm:
         X = np.asarray(X, dtype=np.float64)
         D0 = np.asarray(X_adv, dtype=np.float64) - X
         e = np.broadcast_to(np.asarray(eps, dtype=np.float64), (X.shape[0],))
-        out = X + D0
+        out: np.ndarray = X + D0
         rows = np.arange(X.shape[0])
         for shrink in (0.0, 1e-15, 1e-13, 1e-11, 1e-9, 1e-7):
             if rows.size == 0:
@@ -119,14 +133,30 @@ _BY_NAME = {n.name: n for n in (LINF, L2, L1)}
 _BY_P = {n.p: n for n in (LINF, L2, L1)}
 
 
-def check_norm(norm: "str | Norm") -> str:
+def check_norm(norm: str | Norm) -> str:
     """The canonical name of a norm ("linf", "l2", "l1"); AttackError otherwise."""
     return Norm.of(norm).name
 
 
-def distances(X: np.ndarray, X_adv: np.ndarray, norm: "str | Norm") -> np.ndarray:
+def distances(X: np.ndarray, X_adv: np.ndarray, norm: str | Norm) -> np.ndarray:
     """Per-row norm of X_adv - X in float64."""
     return Norm.of(norm).distance(X, X_adv)
+
+
+# ----------------------------------------------------------------------------------------
+# Optional backends
+# ----------------------------------------------------------------------------------------
+def backend_available(module: str) -> bool:
+    """True when an optional backend library can be imported here (checked without importing it)."""
+    return importlib.util.find_spec(module) is not None
+
+
+def import_backend(module: str, hint: str) -> Any:
+    """Import an optional backend lazily; AttackError saying how to install it when it is missing."""
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise AttackError(f"{module} is not installed; {hint}") from None
 
 
 # ----------------------------------------------------------------------------------------
@@ -160,7 +190,7 @@ def check_inputs(model: Model, X: Any, y: Any) -> tuple[np.ndarray, np.ndarray]:
     """X of the model's width, finite; y integer labels in range. Raises AttackError."""
     try:
         X = check_features(X, model.n_features, who=model.name)
-    except Exception as exc:  # re-raised as an attack error with the same message
+    except Exception as exc:  # noqa: BLE001 - re-raised as an attack error with the same message
         raise AttackError(str(exc)) from None
     y = np.asarray(y)
     if y.ndim != 1 or y.shape[0] != X.shape[0]:
@@ -238,7 +268,8 @@ class AttackResult:
         """Points whose distance is certified optimal (lower bound meets the found distance)."""
         if self.lower_bound is None:
             return np.zeros(self.n, dtype=bool)
-        return np.isfinite(self.distance) & (self.lower_bound >= self.distance * (1 - rtol) - 1e-12)
+        exact: np.ndarray = np.isfinite(self.distance) & (self.lower_bound >= self.distance * (1 - rtol) - 1e-12)
+        return exact
 
 
 def verify(
@@ -246,7 +277,7 @@ def verify(
     X: np.ndarray,
     y: np.ndarray,
     X_adv: np.ndarray,
-    norm: "str | Norm",
+    norm: str | Norm,
     eps: float | np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Re-predict candidates with the model's own `predict` and check the budget.
@@ -305,7 +336,7 @@ def _finalize(model: Model, X: np.ndarray, y: np.ndarray, cand: Candidates, norm
 _LIFECYCLE = ("run", "run_from")
 
 
-class Attack(ABC):
+class Attack(ABC):  # noqa: B024 - the abstract methods are declared by MinimalAttack/RefiningAttack/FixedEpsAttack
     """Base of all attacks: a name, the capabilities it needs, the norms it supports, the lifecycle.
 
     Class attributes a subclass sets: `name`, `requires` (model capabilities, e.g.
@@ -332,10 +363,10 @@ class Attack(ABC):
         """True when the attack's optional backend is installed here (override when there is one)."""
         return True
 
-    def applicable(self, model: Model, norm: "str | Norm") -> bool:
+    def applicable(self, model: Model, norm: str | Norm) -> bool:
         return self.requires <= model.capabilities and Norm.of(norm).name in self.norms
 
-    def check_applicable(self, model: Model, norm: "str | Norm", label: str | None = None) -> Norm:
+    def check_applicable(self, model: Model, norm: str | Norm, label: str | None = None) -> Norm:
         """The Norm, after checking the attack supports it and the model has what it needs; AttackError otherwise."""
         nm = Norm.of(norm)
         who = label or self.name
@@ -349,7 +380,7 @@ class Attack(ABC):
             )
         return nm
 
-    def _begin(self, model: Any, X: Any, y: Any, norm: "str | Norm") -> tuple[Model, np.ndarray, np.ndarray, Norm]:
+    def _begin(self, model: Any, X: Any, y: Any, norm: str | Norm) -> tuple[Model, np.ndarray, np.ndarray, Norm]:
         """Wrap the model and check backend, norm, capabilities and inputs (the lifecycle's first half)."""
         if not self.available():
             hint = f"; {self.install_hint}" if self.install_hint else ""
@@ -366,7 +397,7 @@ class Attack(ABC):
 class MinimalAttack(Attack):
     """Find, per point, the smallest perturbation that changes the model's decision."""
 
-    def run(self, model: Any, X: Any, y: Any, norm: "str | Norm") -> AttackResult:
+    def run(self, model: Any, X: Any, y: Any, norm: str | Norm) -> AttackResult:
         """Check, attack, verify: the per-point minimal distances this attack found (final; see `_attack`)."""
         t0 = time.perf_counter()
         m, X, y, nm = self._begin(model, X, y, norm)
@@ -380,7 +411,7 @@ class MinimalAttack(Attack):
 class RefiningAttack(MinimalAttack):
     """A minimal attack that can start from each point's best distance so far (warm start)."""
 
-    def run_from(self, model: Any, X: Any, y: Any, norm: "str | Norm", upper: Any) -> AttackResult:
+    def run_from(self, model: Any, X: Any, y: Any, norm: str | Norm, upper: Any) -> AttackResult:
         """Try to beat `upper` (per-point best distances; inf = unknown, left alone); verified like `run`."""
         t0 = time.perf_counter()
         m, X, y, nm = self._begin(model, X, y, norm)
@@ -403,7 +434,7 @@ class FixedEpsAttack(Attack):
 
     per_point_eps: ClassVar[bool] = False
 
-    def run(self, model: Any, X: Any, y: Any, norm: "str | Norm", eps: Any) -> AttackResult:
+    def run(self, model: Any, X: Any, y: Any, norm: str | Norm, eps: Any) -> AttackResult:
         """Check, attack, verify within eps (one value or one per point; final; see `_attack`)."""
         t0 = time.perf_counter()
         m, X, y, nm = self._begin(model, X, y, norm)
@@ -413,6 +444,17 @@ class FixedEpsAttack(Attack):
     @abstractmethod
     def _attack(self, model: Model, X: np.ndarray, y: np.ndarray, norm: Norm, eps: np.ndarray) -> Candidates:
         """Raw candidates within eps[i] of X[i] for validated inputs."""
+
+
+def wrapped_fixed_eps(wrapper: Attack, inner: object, kind: str, suffix: str) -> FixedEpsAttack:
+    """For a wrapper (bisection, refinement): check `inner` is a FixedEpsAttack and give `wrapper` its
+    capabilities, norms and the name "<inner>-<suffix>". AttackError otherwise."""
+    if not isinstance(inner, FixedEpsAttack):
+        raise AttackError(f"{kind} wraps a FixedEpsAttack, got {type(inner).__name__}")
+    wrapper.name = f"{inner.name}-{suffix}"
+    wrapper.requires = inner.requires
+    wrapper.norms = tuple(inner.norms)
+    return inner
 
 
 def clean_correct_rows(model: Model, X: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -430,7 +472,7 @@ def applicable_names(model: Model, norm: str) -> list[str]:
 
 
 __all__ = [
-    "NORMS", "BUDGET_RTOL", "Norm", "LINF", "L2", "L1", "check_norm", "distances", "check_eps", "eps_vector",
-    "check_inputs", "Candidates", "AttackResult", "verify", "Attack", "MinimalAttack", "RefiningAttack",
-    "FixedEpsAttack", "clean_correct_rows", "applicable_names",
+    "BUDGET_RTOL", "L1", "L2", "LINF", "NORMS", "Attack", "AttackResult", "Candidates", "FixedEpsAttack", "MinimalAttack", "Norm",
+    "RefiningAttack", "applicable_names", "check_eps", "check_inputs", "check_norm", "clean_correct_rows", "distances",
+    "eps_vector", "verify",
 ]

@@ -24,7 +24,7 @@ import numpy as np
 
 from ..errors import AttackError
 from ..models.base import Model
-from .base import Candidates, FixedEpsAttack, MinimalAttack, Norm, clean_correct_rows
+from .base import Candidates, FixedEpsAttack, MinimalAttack, Norm, clean_correct_rows, wrapped_fixed_eps
 from .candidates import refine_along_ray
 
 log = logging.getLogger(__name__)
@@ -58,8 +58,7 @@ class MinimalByBisection(MinimalAttack):
 
     def __init__(self, fixed_eps_attack: FixedEpsAttack, steps: int = 12, rtol: float = 1e-3, eps_init: float | None = None,
                  max_doublings: int = 20, max_groups: int = 16, time_limit: float | None = None, refine: bool = True) -> None:
-        if not isinstance(fixed_eps_attack, FixedEpsAttack):
-            raise AttackError(f"bisection wraps a FixedEpsAttack, got {type(fixed_eps_attack).__name__}")
+        self.inner = wrapped_fixed_eps(self, fixed_eps_attack, "bisection", "bisect")
         for val, nm in ((steps, "steps"), (max_doublings, "max_doublings"), (max_groups, "max_groups")):
             if int(val) != val or int(val) < 1:
                 raise AttackError(f"bisection: {nm} must be an integer >= 1, got {val!r}")
@@ -69,7 +68,6 @@ class MinimalByBisection(MinimalAttack):
             raise AttackError(f"bisection: eps_init must be > 0, got {eps_init!r}")
         if time_limit is not None and not (time_limit > 0):
             raise AttackError(f"bisection: time_limit must be > 0 seconds, got {time_limit!r}")
-        self.inner = fixed_eps_attack
         self.steps = int(steps)
         self.rtol = float(rtol)
         self.eps_init = None if eps_init is None else float(eps_init)
@@ -77,9 +75,6 @@ class MinimalByBisection(MinimalAttack):
         self.max_groups = int(max_groups)
         self.time_limit = time_limit
         self.refine = bool(refine)
-        self.name = f"{fixed_eps_attack.name}-bisect"
-        self.requires = fixed_eps_attack.requires
-        self.norms = tuple(fixed_eps_attack.norms)
 
     def __repr__(self) -> str:
         return f"MinimalByBisection({self.inner!r}, steps={self.steps}, rtol={self.rtol})"

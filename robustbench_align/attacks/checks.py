@@ -7,18 +7,19 @@ any number, it tells the reader which numbers to distrust.
 from __future__ import annotations
 
 import logging
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any, cast
 
 import numpy as np
 
-from ..models.base import Model
+from ..models.base import Model, TorchLogits
 
 log = logging.getLogger(__name__)
 
 Flag = tuple[str, str]
 
 
-def non_monotone(eps: Sequence[float], robust_acc: Sequence[float], tol: float = 1e-12) -> Flag | None:
+def non_monotone(eps: Sequence[float] | np.ndarray, robust_acc: Sequence[float] | np.ndarray, tol: float = 1e-12) -> Flag | None:
     """Robust accuracy must not increase with eps; when it does, the attack missed points at the larger eps."""
     e = np.asarray(eps, dtype=np.float64)
     ra = np.asarray(robust_acc, dtype=np.float64)
@@ -73,14 +74,15 @@ def margin_gradient_norms(model: Model, X: np.ndarray, y: np.ndarray) -> np.ndar
     if X.shape[0] == 0:
         return np.zeros(0)
     x = torch.as_tensor(np.asarray(X, dtype=np.float64)).clone().requires_grad_(True)
-    z = model.torch_logits(x)
+    z = cast(TorchLogits, model).torch_logits(x)  # the callers (zero_gradients) check the capability first
     yt = torch.as_tensor(np.asarray(y, dtype=np.int64))
     zy = z.gather(1, yt[:, None])[:, 0]
     other = z.clone()
     other.scatter_(1, yt[:, None], float("-inf"))
     margin = zy - other.max(dim=1).values
     (g,) = torch.autograd.grad(margin.sum(), x)
-    return g.detach().double().norm(dim=1).numpy()
+    norms: np.ndarray = g.detach().double().norm(dim=1).numpy()
+    return norms
 
 
 def zero_gradients(model: Model, X: np.ndarray, y: np.ndarray, threshold: float = 1e-12,
@@ -119,7 +121,7 @@ def softmax_output(model: Model, X: np.ndarray) -> Flag | None:
     import torch
 
     with torch.no_grad():
-        z = model.torch_logits(torch.as_tensor(np.asarray(X[:64], dtype=np.float64))).double().numpy()
+        z = cast(TorchLogits, model).torch_logits(torch.as_tensor(np.asarray(X[:64], dtype=np.float64))).double().numpy()
     if np.all(z >= -1e-9) and np.allclose(z.sum(axis=1), 1.0, atol=1e-5):
         return ("softmax_output", "torch_logits returns probabilities (rows sum to 1); return pre-softmax logits so "
                 "gradient attacks see an unsaturated loss")
@@ -143,7 +145,7 @@ def exact_not_certified(distance: np.ndarray, lower_bound: np.ndarray | None, ex
 
 
 def lower_bound_above_adversarial(distance: np.ndarray, lower_bound: np.ndarray | None, rtol: float = 1e-6,
-                                  atol: float | np.ndarray = 1e-9) -> Flag | None:
+                                  atol: float | np.floating[Any] | np.ndarray = 1e-9) -> Flag | None:
     """A certified lower bound above a verified adversarial's distance means the certificate is wrong.
 
     atol absorbs the float32 grid of tree thresholds (a few ulp of the point's largest feature).
@@ -203,7 +205,7 @@ def collect(flags: Iterable[Flag | None]) -> dict[str, str]:
 
 
 __all__ = [
-    "Flag", "non_monotone", "black_box_beats_white_box", "black_box_breaks_robust", "margin_gradient_norms", "zero_gradients",
-    "nondeterministic", "softmax_output", "exact_not_certified", "lower_bound_above_adversarial", "rejected_candidates",
-    "unbroken_points", "attack_failures", "model_checks", "collect",
+    "Flag", "attack_failures", "black_box_beats_white_box", "black_box_breaks_robust", "collect", "exact_not_certified",
+    "lower_bound_above_adversarial", "margin_gradient_norms", "model_checks", "non_monotone", "nondeterministic",
+    "rejected_candidates", "softmax_output", "unbroken_points", "zero_gradients",
 ]

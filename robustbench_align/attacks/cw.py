@@ -12,13 +12,13 @@ import numpy as np
 import torch
 
 from ..models.base import Model
-from .base import Candidates, MinimalAttack, Norm, clean_correct_rows
-from .candidates import Keeper, chunks, polish
+from .base import Candidates, MinimalAttack, Norm
+from .candidates import chunks, polish
 from .params import derive_seed, int_arg, pos_arg
-from .torch_adapter import BoxMap, TorchattacksAttack, frozen_parameters, import_torchattacks, seeded
+from .torch_adapter import BoxedMinimalAttack, BoxMap, frozen_parameters, seeded
 
 
-class CW(TorchattacksAttack, MinimalAttack):
+class CW(BoxedMinimalAttack, MinimalAttack):
     """Carlini-Wagner L2 (2017) via torchattacks, with the per-point binary search over c.
 
     torchattacks' CW takes one c for the batch and has no binary search; here c is made per point by
@@ -39,15 +39,10 @@ class CW(TorchattacksAttack, MinimalAttack):
         self.c_init = pos_arg(c_init, "cw: c_init")
         self.lr = pos_arg(lr, "cw: lr")
         self.seed = int(seed)
-        self.batch_size = int_arg(batch_size, "cw: batch_size")
-        self.box_radius = None if box_radius is None else pos_arg(box_radius, "cw: box_radius")
-        self.refine = bool(refine)
+        self._box_options(batch_size, box_radius, refine)
 
     def _attack(self, model: Model, X: np.ndarray, y: np.ndarray, norm: Norm) -> Candidates:
-        ta = import_torchattacks()
-        keeper = Keeper(model, X, y, norm)
-        queries = np.zeros(X.shape[0], dtype=np.int64)
-        todo = clean_correct_rows(model, X, y)
+        ta, keeper, queries, todo = self._start(model, X, y, norm)
         with frozen_parameters(model):
             for k, ch in enumerate(chunks(todo, self.batch_size)):
                 box = BoxMap.for_minimal(X[ch], self.box_radius)

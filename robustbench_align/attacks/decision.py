@@ -30,37 +30,20 @@ class HopSkipJump(MinimalAttack):
     requires = frozenset({"predict_proba"})
     norms = ("l2", "linf")
 
-    def __init__(
-        self,
-        max_queries: int = 5000,
-        max_iter: int = 200,
-        init_samples: int = 100,
-        max_samples: int = 1000,
-        gamma: float = 1.0,
-        init_candidates: int = 3,
-        init_directions: int = 8,
-        explore: float = 0.3,
-        bs_tol: float = 1e-3,
-        final_tol: float = 1e-6,
-        max_halvings: int = 30,
-        seed: int = 0,
-        chunk_rows: int = 100_000,
-    ) -> None:
+    def __init__(self, max_queries: int = 5000, max_iter: int = 200, init_samples: int = 100, max_samples: int = 1000,
+                 gamma: float = 1.0, init_candidates: int = 3, init_directions: int = 8, explore: float = 0.3,
+                 bs_tol: float = 1e-3, final_tol: float = 1e-6, max_halvings: int = 30, seed: int = 0,
+                 chunk_rows: int = 100_000) -> None:
         if max_queries < 1 or init_samples < 2 or max_iter < 0:
             raise AttackError("hsj: max_queries >= 1, init_samples >= 2 and max_iter >= 0 are required")
-        self.max_queries = int(max_queries)
-        self.max_iter = int(max_iter)
-        self.init_samples = int(init_samples)
-        self.max_samples = int(max_samples)
-        self.gamma = float(gamma)
-        self.init_candidates = int(init_candidates)
-        self.init_directions = int(init_directions)
-        self.explore = float(explore)
-        self.bs_tol = float(bs_tol)
-        self.final_tol = float(final_tol)
-        self.max_halvings = int(max_halvings)
-        self.seed = int(seed)
-        self.chunk_rows = int(chunk_rows)
+        # query budget and iteration counts
+        self.max_queries, self.max_iter, self.max_halvings = int(max_queries), int(max_iter), int(max_halvings)
+        # gradient-estimate sample sizes and the initial adversarial search
+        self.init_samples, self.max_samples, self.init_candidates, self.init_directions = (
+            int(init_samples), int(max_samples), int(init_candidates), int(init_directions))
+        # step size, exploration share and binary-search tolerances
+        self.gamma, self.explore, self.bs_tol, self.final_tol = float(gamma), float(explore), float(bs_tol), float(final_tol)
+        self.seed, self.chunk_rows = int(seed), int(chunk_rows)
 
     def __repr__(self) -> str:
         return f"HopSkipJump(max_queries={self.max_queries}, init_samples={self.init_samples}, seed={self.seed})"

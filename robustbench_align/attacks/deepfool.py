@@ -14,15 +14,15 @@ import numpy as np
 import torch
 
 from ..models.base import Model
-from .base import Candidates, MinimalAttack, Norm, clean_correct_rows
-from .candidates import Keeper, chunks, polish
+from .base import Candidates, MinimalAttack, Norm
+from .candidates import chunks, polish
 from .params import int_arg, pos_arg
-from .torch_adapter import BoxMap, TorchattacksAttack, frozen_parameters, import_torchattacks
+from .torch_adapter import BoxedMinimalAttack, BoxMap, frozen_parameters
 
 BOX_GROWTH = (4.0, 16.0, 64.0)  # box radii, relative to the first box, for points stuck on its face
 
 
-class DeepFool(TorchattacksAttack, MinimalAttack):
+class DeepFool(BoxedMinimalAttack, MinimalAttack):
     """DeepFool (Moosavi-Dezfooli et al. 2016) via torchattacks, minimal l2.
 
     The 2 % overshoot is removed afterwards by bisection along each perturbation's ray, so the
@@ -37,15 +37,10 @@ class DeepFool(TorchattacksAttack, MinimalAttack):
                  refine: bool = True) -> None:
         self.steps = int_arg(steps, "deepfool: steps")
         self.overshoot = pos_arg(overshoot, "deepfool: overshoot")
-        self.batch_size = int_arg(batch_size, "deepfool: batch_size")
-        self.box_radius = None if box_radius is None else pos_arg(box_radius, "deepfool: box_radius")
-        self.refine = bool(refine)
+        self._box_options(batch_size, box_radius, refine)
 
     def _attack(self, model: Model, X: np.ndarray, y: np.ndarray, norm: Norm) -> Candidates:
-        ta = import_torchattacks()
-        keeper = Keeper(model, X, y, norm)
-        queries = np.zeros(X.shape[0], dtype=np.int64)
-        todo = clean_correct_rows(model, X, y)
+        ta, keeper, queries, todo = self._start(model, X, y, norm)
         with frozen_parameters(model):
             for ch in chunks(todo, self.batch_size):
                 radius = BoxMap.minimal_radius(X[ch]) if self.box_radius is None else self.box_radius

@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Iterable, Mapping, Sequence
+from types import TracebackType
+from typing import Any, cast
 
 import numpy as np
 
@@ -61,12 +63,13 @@ class EnsembleAttack:
 
     name = "ensemble"
 
-    def __init__(self, attacks: Iterable[Attack | str | tuple[str, Mapping[str, Any]]], *, skip_certified: bool = True,
+    def __init__(self, attacks: Iterable[Step | Attack | str | tuple[str, Mapping[str, Any]]], *, skip_certified: bool = True,
                  checks: bool = True):
         from .registry import get_attack
 
         steps: list[Step] = []
-        for item in attacks:
+        for entry in attacks:
+            item: object = entry  # checked at run time: callers need not be type-checked
             if isinstance(item, Step):
                 step = item
             elif isinstance(item, Attack):
@@ -147,19 +150,14 @@ class EnsembleAttack:
             if sub.size == 0:
                 times[step.label] = 0.0
                 continue
-            ts = time.perf_counter()
-            try:
+            with _StepRun(step.label, errors, times) as step_run:
                 if isinstance(att, RefiningAttack):  # refinement steps start from the current radii
                     res = att.run_from(model, X[sub], y[sub], norm, best_d[sub])
                 else:
                     res = att.run(model, X[sub], y[sub], norm)
                 counted, dist, rej = self._accept(model, X[sub], y[sub], res, norm, None)
-            except Exception as exc:  # noqa: BLE001 - one failing attack must not lose the others' results
-                log.warning("attack %s failed: %s: %s", step.label, type(exc).__name__, exc)
-                errors[step.label] = f"{type(exc).__name__}: {exc}"
-                times[step.label] = time.perf_counter() - ts
+            if not step_run.ok:
                 continue
-            times[step.label] = time.perf_counter() - ts
             used.append(step.label)
             rejected += rej
             rej_by[step.label] = rej
@@ -203,10 +201,11 @@ class EnsembleAttack:
 
     def _checks_minimal(self, model: Model, X: np.ndarray, y: np.ndarray, res: RadiusResult, exact_ran: np.ndarray,
                         errors: dict[str, str]) -> list[chk.Flag | None]:
+        clean_correct = cast(np.ndarray, res.clean_correct)  # run() always sets it
         out: list[chk.Flag | None] = list(chk.model_checks(model, X, y))
-        out.append(chk.exact_not_certified(res.distance, res.lower_bound, exact_ran & res.clean_correct))
+        out.append(chk.exact_not_certified(res.distance, res.lower_bound, exact_ran & clean_correct))
         out.append(chk.rejected_candidates(res.rejected))
-        out.append(chk.unbroken_points(res.distance, res.clean_correct))
+        out.append(chk.unbroken_points(res.distance, clean_correct))
         out.append(chk.attack_failures(errors))
         if "torch_logits" in model.capabilities:
             bb = [res.per_attack[s.label] for s in self.steps if _is_black_box(s.attack) and s.label in res.attacks_used]
@@ -216,7 +215,7 @@ class EnsembleAttack:
         return out
 
     # --------------------------------------------------------------------------------
-    def run_fixed(self, model: Any, X: Any, y: Any, norm: str | Norm, eps: float | Sequence[float],
+    def run_fixed(self, model: Any, X: Any, y: Any, norm: str | Norm, eps: float | Sequence[float] | np.ndarray,
                   *, carry_over: bool = True) -> FixedEpsResult:
         """Robust accuracy at each eps; later attacks only see the points still robust at that eps.
 
@@ -252,7 +251,8 @@ class EnsembleAttack:
                 r.success[i] = True
                 r.distance[i] = d[new]
                 r.x_adv[i] = xa[new]
-                r.by_attack[i] = label
+                by_attack = cast(np.ndarray, r.by_attack)  # every per-eps result is created with one
+                by_attack[i] = label
 
         lb = np.zeros(n)  # certified lower bounds from exact attacks: robust at e when lb > e
 
@@ -266,9 +266,8 @@ class EnsembleAttack:
                 wb_robust_before = sum(int(open_at(e).sum()) for e in results)
             if not any(open_at(e).any() for e in results):
                 break
-            ts = time.perf_counter()
             broke = 0
-            try:
+            with _StepRun(step.label, errors, times) as step_run:
                 if isinstance(att, FixedEpsAttack):
                     for e in results:
                         sub = np.flatnonzero(open_at(e))
@@ -280,7 +279,8 @@ class EnsembleAttack:
                         broke += int(counted.sum())
                         record(e, sub[counted], np.asarray(res.x_adv, dtype=np.float64)[counted], dist[counted], step.label)
                         if res.queries is not None and np.shape(res.queries) == (sub.size,):
-                            results[e].queries[sub] += np.asarray(res.queries, dtype=np.int64)
+                            queries = cast(np.ndarray, results[e].queries)  # every per-eps result is created with counters
+                            queries[sub] += np.asarray(res.queries, dtype=np.int64)
                 else:
                     sub = np.flatnonzero(np.any([open_at(e) for e in results], axis=0))
                     res = _to_minimal(att).run(model, X[sub], y[sub], norm)
@@ -294,12 +294,8 @@ class EnsembleAttack:
                     if res.lower_bound is not None:
                         lbs = np.nan_to_num(np.asarray(res.lower_bound, dtype=np.float64), nan=0.0, neginf=0.0)
                         lb[sub] = np.maximum(lb[sub], np.maximum(lbs, 0.0))
-            except Exception as exc:  # noqa: BLE001 - inputs were validated above; this is the attack's own failure
-                log.warning("attack %s failed: %s: %s", step.label, type(exc).__name__, exc)
-                errors[step.label] = f"{type(exc).__name__}: {exc}"
-                times[step.label] = time.perf_counter() - ts
+            if not step_run.ok:
                 continue
-            times[step.label] = time.perf_counter() - ts
             used.append(step.label)
             if wb_robust_before is not None and _is_black_box(att):
                 bb_broken += broke
@@ -323,6 +319,31 @@ class EnsembleAttack:
         return out
 
 
+class _StepRun:
+    """Times one ensemble step; a failing attack is logged and kept as a flag, and the other steps still run.
+
+    The inputs were validated before any step ran, so an exception here is the attack's own failure.
+    """
+
+    def __init__(self, label: str, errors: dict[str, str], times: dict[str, float]) -> None:
+        self.label, self.errors, self.times, self.ok = label, errors, times, False
+
+    def __enter__(self) -> _StepRun:
+        self.t0 = time.perf_counter()
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> bool:
+        self.times[self.label] = time.perf_counter() - self.t0
+        if exc is None:
+            self.ok = True
+            return False
+        if not isinstance(exc, Exception):  # KeyboardInterrupt, SystemExit: not the attack's failure
+            return False
+        log.warning("attack %s failed: %s: %s", self.label, type(exc).__name__, exc)
+        self.errors[self.label] = f"{type(exc).__name__}: {exc}"
+        return True
+
+
 def _raise_if_all_failed(errors: dict[str, str], used: list[str]) -> None:
     """Partial failures become the attack_failed flag; when every attack that had work failed, say why."""
     if errors and not used:
@@ -337,4 +358,4 @@ def _nanmin(arrays: list[np.ndarray]) -> np.ndarray:
     return out
 
 
-__all__ = ["EnsembleAttack", "CERT_RTOL"]
+__all__ = ["CERT_RTOL", "EnsembleAttack"]

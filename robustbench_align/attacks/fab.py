@@ -12,13 +12,13 @@ import numpy as np
 import torch
 
 from ..models.base import Model
-from .base import NORMS, Candidates, MinimalAttack, Norm, clean_correct_rows
-from .candidates import Keeper, chunks, polish
+from .base import NORMS, Candidates, MinimalAttack, Norm
+from .candidates import chunks, polish
 from .params import derive_seed, int_arg, pos_arg
-from .torch_adapter import BoxMap, TorchattacksAttack, frozen_parameters, import_torchattacks, library_norm_name, seeded
+from .torch_adapter import BoxedMinimalAttack, BoxMap, frozen_parameters, library_norm_name, seeded
 
 
-class FAB(TorchattacksAttack, MinimalAttack):
+class FAB(BoxedMinimalAttack, MinimalAttack):
     """Fast Adaptive Boundary attack (Croce & Hein 2020) via torchattacks, minimal linf/l2/l1.
 
     torchattacks' `perturb` stops restarting a point once it is fooled and has no L1 branch, so each
@@ -42,18 +42,13 @@ class FAB(TorchattacksAttack, MinimalAttack):
         self.targeted = targeted
         self.n_target_classes = None if n_target_classes is None else int_arg(n_target_classes, "fab: n_target_classes")
         self.seed = int(seed)
-        self.batch_size = int_arg(batch_size, "fab: batch_size")
-        self.box_radius = None if box_radius is None else pos_arg(box_radius, "fab: box_radius")
-        self.refine = bool(refine)
+        self._box_options(batch_size, box_radius, refine)
 
     def _attack(self, model: Model, X: np.ndarray, y: np.ndarray, norm: Norm) -> Candidates:
-        ta = import_torchattacks()
-        keeper = Keeper(model, X, y, norm)
+        ta, keeper, queries, todo = self._start(model, X, y, norm)
         n_cls = int(model.n_classes)
         targeted = (n_cls > 10) if self.targeted is None else bool(self.targeted)
         n_targets = min(self.n_target_classes or 9, n_cls - 1) if targeted else 0
-        queries = np.zeros(X.shape[0], dtype=np.int64)
-        todo = clean_correct_rows(model, X, y)
         with frozen_parameters(model):
             for k, ch in enumerate(chunks(todo, self.batch_size)):
                 box = BoxMap.for_minimal(X[ch], self.box_radius)

@@ -13,7 +13,7 @@ import numpy as np
 
 from ..errors import AttackError
 from ..models.base import Model
-from .base import Candidates, FixedEpsAttack, Norm, RefiningAttack
+from .base import Candidates, FixedEpsAttack, Norm, RefiningAttack, wrapped_fixed_eps
 
 
 class Refine(RefiningAttack):
@@ -30,18 +30,13 @@ class Refine(RefiningAttack):
 
     def __init__(self, fixed_eps_attack: FixedEpsAttack, rounds: int = 1, shrink: tuple[float, float] = (0.8, 0.97),
                  max_groups: int = 4, time_limit: float | None = None):
-        if not isinstance(fixed_eps_attack, FixedEpsAttack):
-            raise AttackError(f"refine wraps a FixedEpsAttack, got {type(fixed_eps_attack).__name__}")
+        self.inner = wrapped_fixed_eps(self, fixed_eps_attack, "refine", "refine")
         lo, hi = (float(v) for v in shrink)
         if not (0 < lo <= hi < 1):
             raise AttackError(f"refine: shrink must satisfy 0 < lo <= hi < 1, got {shrink!r}")
         if int(rounds) != rounds or rounds < 1 or int(max_groups) != max_groups or max_groups < 1:
             raise AttackError("refine: rounds and max_groups must be integers >= 1")
-        self.inner = fixed_eps_attack
         self.rounds, self.shrink, self.max_groups, self.time_limit = int(rounds), (lo, hi), int(max_groups), time_limit
-        self.name = f"{fixed_eps_attack.name}-refine"
-        self.requires = fixed_eps_attack.requires
-        self.norms = tuple(fixed_eps_attack.norms)
 
     def __repr__(self) -> str:
         return f"Refine({self.inner!r}, rounds={self.rounds}, shrink={self.shrink}, max_groups={self.max_groups})"

@@ -11,12 +11,13 @@ from __future__ import annotations
 import importlib
 import inspect
 import logging
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 from ..errors import AttackError
-from .base import Attack, check_norm
+from .base import Attack, check_norm, lookup
 
 log = logging.getLogger(__name__)
 
@@ -51,10 +52,12 @@ _ATTACKS: dict[str, AttackSpec] = {
         AttackSpec("autoattack", "autoattack:AutoAttack", {}, "AutoAttack (Croce & Hein 2020) for tabular inputs; fixed eps, linf/l2, torch models"),
         AttackSpec("pgd-bisect", "bisection:MinimalByBisection", {}, "PGD turned into a minimal attack by bisection on eps", wraps="pgd"),
         AttackSpec("autoattack-bisect", "bisection:MinimalByBisection", {}, "AutoAttack turned into a minimal attack by bisection on eps", wraps="autoattack"),
-        AttackSpec("pgd-refine", "refine:Refine", {"loss": "margin", "rounds": 3}, "margin-loss PGD just below each point's best radius so far (cheap refinement)", wraps="pgd"),
+        AttackSpec("pgd-refine", "refine:Refine", {"loss": "margin", "rounds": 3},
+                   "margin-loss PGD just below each point's best radius so far (cheap refinement)", wraps="pgd"),
         AttackSpec("autoattack-refine", "refine:Refine", {}, "AutoAttack just below each point's best radius so far (refinement)", wraps="autoattack"),
         AttackSpec("veritas", "trees.veritas:VeritasLinf", {}, "Veritas A* search (Devos et al. 2021); exact/anytime linf, tree ensembles"),
-        AttackSpec("milp", "trees.milp:KantchelianMILP", {}, "Kantchelian et al. 2016 MILP via HiGHS; exact linf/l2/l1 with certified lower bounds, tree ensembles"),
+        AttackSpec("milp", "trees.milp:KantchelianMILP", {},
+                   "Kantchelian et al. 2016 MILP via HiGHS; exact linf/l2/l1 with certified lower bounds, tree ensembles"),
         AttackSpec("hsj", "decision:HopSkipJump", {}, "HopSkipJump (Chen et al. 2020); decision-based, linf/l2, any model with predict"),
     )
 }
@@ -120,7 +123,7 @@ def _load_class(spec: AttackSpec) -> type[Attack]:
     return cls
 
 
-def _load_or_explain(spec: AttackSpec) -> type:
+def _load_or_explain(spec: AttackSpec) -> type[Attack]:
     try:
         return _load_class(spec)
     except _Unavailable as exc:
@@ -128,10 +131,7 @@ def _load_or_explain(spec: AttackSpec) -> type:
 
 
 def _spec(name: str) -> AttackSpec:
-    key = str(name).lower()
-    if key not in _ATTACKS:
-        raise AttackError(f"unknown attack {name!r}; choose one of {', '.join(sorted(_ATTACKS))}")
-    return _ATTACKS[key]
+    return lookup(_ATTACKS, name, "attack", sorted(_ATTACKS))
 
 
 def is_available(name: str) -> bool:
@@ -157,7 +157,7 @@ def list_attacks(include_unavailable: bool = False) -> list[str]:
     return out
 
 
-def _accepted(cls: type) -> tuple[set[str], bool]:
+def _accepted(cls: type[Attack]) -> tuple[set[str], bool]:
     """Keyword names the constructor takes, and whether it takes **kwargs."""
     try:
         sig = inspect.signature(cls.__init__)
@@ -168,7 +168,7 @@ def _accepted(cls: type) -> tuple[set[str], bool]:
     return names, var_kw
 
 
-def _split_kwargs(cls: type, kw: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+def _split_kwargs(cls: type[Attack], kw: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
     names, var_kw = _accepted(cls)
     if var_kw:
         return dict(kw), {}
@@ -205,8 +205,9 @@ def _build(name: str, kw: Mapping[str, Any], strict: bool) -> Attack:
         raise AttackError(f"attack {spec.name!r} takes no argument {', '.join(sorted(bad))}; "
                           f"it accepts {', '.join(sorted(outer_names | _accepted(inner_cls)[0]))}")
     inner = _build(spec.wraps, inner_kw, strict)
+    wrapper: Callable[..., Attack] = cls  # a wrapper class takes the wrapped attack first (Attack's own constructor does not)
     try:
-        return cls(inner, **outer_kw)
+        return wrapper(inner, **outer_kw)
     except (TypeError, ValueError) as exc:
         if isinstance(exc, AttackError):
             raise
@@ -395,14 +396,11 @@ def list_threat_models() -> list[str]:
     return list(_THREATS)
 
 
-def get_threat_model(name: str) -> ThreatModel:
+def get_threat_model(name: str | ThreatModel) -> ThreatModel:
     """A named threat model; unknown names raise AttackError listing the valid ones."""
     if isinstance(name, ThreatModel):
         return name
-    key = str(name).lower()
-    if key not in _THREATS:
-        raise AttackError(f"unknown threat model {name!r}; choose one of {', '.join(_THREATS)}")
-    return _THREATS[key]
+    return lookup(_THREATS, name, "threat model")
 
 
 def default_threat(norm: str) -> ThreatModel:
@@ -416,7 +414,7 @@ def fixed_inner(name: str) -> str | None:
 
 
 __all__ = [
-    "AttackSpec", "ThreatModel", "register_attack", "unregister_attack", "list_attacks", "get_attack", "build_attack",
-    "applicable_attacks", "list_threat_models", "get_threat_model", "default_threat", "default_eps_grid", "EPS_GRIDS",
-    "PAPER_EPS", "EFFORTS", "attack_kwargs", "is_available", "fixed_inner", "COMMON_KWARGS",
+    "COMMON_KWARGS", "EFFORTS", "EPS_GRIDS", "PAPER_EPS", "AttackSpec", "ThreatModel", "applicable_attacks", "attack_kwargs",
+    "build_attack", "default_eps_grid", "default_threat", "fixed_inner", "get_attack", "get_threat_model", "is_available",
+    "list_attacks", "list_threat_models", "register_attack", "unregister_attack",
 ]

@@ -6,8 +6,9 @@ holds one `AttackResult` per eps of a fixed-eps (AutoAttack-style) run.
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -29,7 +30,7 @@ class RadiusResult(AttackResult):
     attack_rejected: dict[str, int] = field(default_factory=dict)
     per_attack: dict[str, np.ndarray] = field(default_factory=dict)
 
-    def curve(self, eps_grid: Sequence[float] | None = None) -> "Any":
+    def curve(self, eps_grid: Sequence[float] | None = None) -> Any:
         """Robust accuracy vs eps as a DataFrame (eps, robust_accuracy); eps 0 gives the clean accuracy."""
         import pandas as pd
 
@@ -124,4 +125,4 @@ class FixedEpsResult:
         return float(self.clean_correct.mean()) if self.clean_correct.size else float("nan")
 
 
-__all__ = ["RadiusResult", "FixedEpsResult"]
+__all__ = ["FixedEpsResult", "RadiusResult"]

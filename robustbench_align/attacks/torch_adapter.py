@@ -18,7 +18,6 @@ Carlini & Wagner 2017 and of FMN, Pintor et al. 2021), the row-wise ball project
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import math
 from collections.abc import Iterator
 from typing import Any, ClassVar, cast
@@ -28,8 +27,10 @@ import torch
 import torch.nn as nn
 
 from ..errors import AttackError
-from ..models.base import Model
-from .base import Attack, Norm
+from ..models.base import Model, TorchLogits
+from .base import Attack, Norm, backend_available, clean_correct_rows, import_backend
+from .candidates import Keeper
+from .params import int_arg, pos_arg
 
 TORCHATTACKS_INSTALL = "pip install --no-deps torchattacks==3.5.1"
 TORCHATTACKS_HINT = f"install it with `{TORCHATTACKS_INSTALL}` (--no-deps keeps the installed torch)"
@@ -41,16 +42,12 @@ LAYOUTS = ("flat", "nchw", "nhwc", "square")
 # ----------------------------------------------------------------------------------------
 def torchattacks_available() -> bool:
     """True when torchattacks can be imported here."""
-    return importlib.util.find_spec("torchattacks") is not None
+    return backend_available("torchattacks")
 
 
 def import_torchattacks() -> Any:
     """Import torchattacks lazily; AttackError with the install line when it is missing."""
-    try:
-        import torchattacks
-    except ImportError:
-        raise AttackError(f"torchattacks is not installed; {TORCHATTACKS_HINT}") from None
-    return torchattacks
+    return import_backend("torchattacks", TORCHATTACKS_HINT)
 
 
 def library_norm_name(norm: Norm) -> str:
@@ -106,8 +103,7 @@ def model_dtype(model: Model) -> torch.dtype:
 
 def logits(model: Model, x: torch.Tensor) -> torch.Tensor:
     """`model.torch_logits(x)`: the differentiable outputs that `TorchAttack` requires."""
-    out: torch.Tensor = cast(Any, model).torch_logits(x)
-    return out
+    return cast(TorchLogits, model).torch_logits(x)
 
 
 def reachable_radius(model: Model) -> float:
@@ -391,12 +387,35 @@ class TorchattacksAttack(TorchAttack):
         return torchattacks_available()
 
 
+class BoxedMinimalAttack(TorchattacksAttack):
+    """A minimal torchattacks attack run batch by batch through a unit box (FAB, DeepFool, CW).
+
+    Shares the batch size, the box radius (None: `BoxMap.for_minimal`'s data-sized box) and the ray
+    refinement switch, and the start of every run: the library, a `Keeper` for the per-point best
+    candidate, per-point query counters and the clean-correct rows to attack.
+    """
+
+    batch_size: int = 1024
+    box_radius: float | None = None
+    refine: bool = True
+
+    def _box_options(self, batch_size: int, box_radius: float | None, refine: bool) -> None:
+        self.batch_size = int_arg(batch_size, f"{self.name}: batch_size")
+        self.box_radius = None if box_radius is None else pos_arg(box_radius, f"{self.name}: box_radius")
+        self.refine = bool(refine)
+
+    def _start(self, model: Model, X: np.ndarray, y: np.ndarray, norm: Norm) -> tuple[Any, Keeper, np.ndarray, np.ndarray]:
+        """(torchattacks, keeper, queries, rows to attack) for a run."""
+        return import_torchattacks(), Keeper(model, X, y, norm), np.zeros(X.shape[0], dtype=np.int64), clean_correct_rows(model, X, y)
+
+
 __all__ = [
     "LAYOUTS",
     "TORCHATTACKS_HINT",
     "TORCHATTACKS_INSTALL",
     "BoxMap",
     "BoxModule",
+    "BoxedMinimalAttack",
     "TorchAttack",
     "TorchattacksAttack",
     "frozen_parameters",

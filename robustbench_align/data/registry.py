@@ -17,8 +17,9 @@ from __future__ import annotations
 import difflib
 import inspect
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, cast
 
 import numpy as np
 
@@ -277,13 +278,15 @@ def _load_registered(entry: DatasetEntry, seed: int, params: dict[str, Any]) -> 
 
 def _load_family(family: str, arg: str, seed: int, params: dict[str, Any]) -> Dataset:
     if family == "uci121":
-        from .uci121 import load_uci121 as fn
+        from .uci121 import load_uci121
 
-        call: Callable[..., Dataset] = lambda **kw: fn(arg, seed, **kw)  # noqa: E731
+        fn: Callable[..., Dataset] = load_uci121
+        call: Callable[..., Dataset] = lambda **kw: load_uci121(arg, seed, **kw)  # noqa: E731
     else:
-        from .files import load_table as fn
+        from .files import load_table
 
-        call = lambda **kw: fn(family, arg, seed, **kw)  # noqa: E731
+        fn = load_table
+        call = lambda **kw: load_table(family, arg, seed, **kw)  # noqa: E731
     sig = inspect.signature(fn)
     kwonly = {p.name: p.default for p in sig.parameters.values() if p.kind is inspect.Parameter.KEYWORD_ONLY}
     _check_params(f"{family}:{arg}", params, list(kwonly))
@@ -303,7 +306,7 @@ def load_dataset(name: str, seed: int = 0, **params: Any) -> Dataset:
     standardize; `uci121:<name>` takes root/uci_dir, fold, standardize and val; `csv:`/`parquet:`
     take target, drop, test_size and standardize. Unknown names or parameters raise DataError.
     """
-    if not isinstance(name, str) or not name.strip():
+    if not isinstance(cast(object, name), str) or not name.strip():  # typed str; untyped callers may pass anything
         raise DataError(f"dataset name must be a non-empty string, got {name!r}; valid: {', '.join(REGISTRY)}, or {FAMILY_HELP}")
     name = name.strip()
     seed = _seed(seed, f"dataset {name!r}")

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import hashlib
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -104,7 +105,7 @@ def check_finite_features(X: Any, who: str, feature_names: Sequence[str] | None 
     bad = ~np.isfinite(X)
     if bad.any():
         cols = np.flatnonzero(bad.any(axis=0))
-        names = [feature_names[c] if feature_names is not None else str(c) for c in cols]
+        names = [feature_names[int(c)] if feature_names is not None else str(c) for c in cols]
         raise DataError(
             f"{who}: features contain NaN or inf in {int(bad.any(axis=1).sum())} rows "
             f"(columns: {short_list(names)}); impute or drop them first"
@@ -156,7 +157,7 @@ def check_split_feasible(y: np.ndarray, test_size: float, who: str, class_names:
         raise DataError(f"{who}: {n} rows for {k} classes; need at least 2 rows per class for a train/test split")
     rare = np.flatnonzero(counts < 2)
     if rare.size:
-        names = [class_names[c] if class_names is not None else str(c) for c in rare]
+        names = [class_names[int(c)] if class_names is not None else str(c) for c in rare]
         raise DataError(
             f"{who}: class {short_list(names)} has fewer than 2 rows; a stratified train/test split needs at least "
             f"2 rows per class (drop or merge rare classes)"
@@ -233,7 +234,7 @@ def apply_standardizer(X: np.ndarray, mean: np.ndarray, std: np.ndarray, who: st
     bad = ~np.isfinite(Z)
     if bad.any():
         cols = np.flatnonzero(bad.any(axis=0))
-        names = [feature_names[c] if feature_names is not None else str(c) for c in cols]
+        names = [feature_names[int(c)] if feature_names is not None else str(c) for c in cols]
         raise DataError(
             f"{who}: standardising the {part} with the training rows' mean/std overflows float64 in columns "
             f"{short_list(names)}; rescale those columns or pass standardize=False"

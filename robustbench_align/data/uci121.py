@@ -24,7 +24,7 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -210,7 +210,7 @@ def load_uci121(
     who = f"uci121:{name}"
     if fold is None:
         fold = int(seed) % N_FOLDS
-    if isinstance(fold, bool) or not isinstance(fold, (int, np.integer)) or not 0 <= int(fold) < N_FOLDS:
+    if isinstance(fold, bool) or not isinstance(cast(object, fold), (int, np.integer)) or not 0 <= int(fold) < N_FOLDS:  # untyped callers
         raise DataError(f"{who}: fold must be an integer 0..{N_FOLDS - 1}, got {fold!r}")
     fold = int(fold)
     if val not in VAL_MODES:

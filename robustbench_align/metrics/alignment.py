@@ -64,7 +64,7 @@ def singular_spectrum(J: Any, solver: Literal["gram", "svd"] = "gram") -> tuple[
         return S, Vh[:, 0, :]
     if solver != "gram":
         raise ModelError(f"solver must be 'gram' or 'svd', got {solver!r}")
-    n, c, d = J.shape
+    _, c, d = J.shape
     if c <= d:
         _, U = torch.linalg.eigh(torch.bmm(J, J.transpose(1, 2)))  # eigenvalues ascending
         W = torch.bmm(U.transpose(1, 2), J)  # (n, c, d): rows uᵢᵀJ = σᵢvᵢᵀ, smallest first
@@ -117,7 +117,7 @@ def alignment_from_jacobians(J: np.ndarray, X: np.ndarray, outputs: np.ndarray |
         offset_norm = np.full(n, np.nan)
     else:
         outputs = np.asarray(outputs, dtype=np.float64).reshape(n, c)
-        out_ok = np.isfinite(outputs).all(axis=1)
+        out_ok = np.asarray(np.isfinite(outputs).all(axis=1))
         offset_norm = np.linalg.norm(outputs - np.einsum("ncd,nd->nc", J, X), axis=1)
     nan = np.full(n, np.nan)
     frame = pd.DataFrame({
@@ -225,4 +225,4 @@ def alignment(
     return frame
 
 
-__all__ = ["alignment", "alignment_with_jacobians", "alignment_from_jacobians", "singular_spectrum", "offsets", "METRICS"]
+__all__ = ["METRICS", "alignment", "alignment_from_jacobians", "alignment_with_jacobians", "offsets", "singular_spectrum"]

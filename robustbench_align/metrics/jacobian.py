@@ -16,13 +16,17 @@ independent and never loops over points.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Literal
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 import numpy as np
 
 from ..errors import ModelError, first_line
 from ..models.base import Model, check_features, wrap
+
+if TYPE_CHECKING:
+    from ..models.base import TorchLogits
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +114,7 @@ def default_chunk_size(n_classes: int, n_features: int) -> int:
 def _check_chunk(chunk_size: int | None, c: int, d: int) -> int:
     if chunk_size is None:
         return default_chunk_size(c, d)
-    if not isinstance(chunk_size, (int, np.integer)) or chunk_size < 1:
+    if not isinstance(cast(object, chunk_size), (int, np.integer)) or chunk_size < 1:  # typed int; untyped callers may pass anything
         raise ModelError(f"chunk_size must be a positive integer, got {chunk_size!r}")
     return int(chunk_size)
 
@@ -123,7 +127,7 @@ def _pick_mode(mode: str, c: int, d: int) -> str:
     return mode
 
 
-def _vmap_chunk(model: Model, x: Any, mode: str) -> tuple[Any, Any]:
+def _vmap_chunk(model: TorchLogits, x: Any, mode: str) -> tuple[Any, Any]:
     """(outputs (m, c), Jacobians (m, c, d)) of one chunk by vmap over per-point jacrev/jacfwd."""
     from torch.func import jacfwd, jacrev, vmap
 
@@ -136,7 +140,7 @@ def _vmap_chunk(model: Model, x: Any, mode: str) -> tuple[Any, Any]:
     return out, J
 
 
-def _per_class_chunk(model: Model, x: Any) -> tuple[Any, Any]:
+def _per_class_chunk(model: TorchLogits, x: Any) -> tuple[Any, Any]:
     """Fallback without vmap: one batched backward pass per output class (rows are independent)."""
     import torch
 
@@ -159,7 +163,8 @@ def _torch_jacobians(model: Model, X: np.ndarray, chunk: int, mode: str) -> tupl
     jacs = np.empty((n, c, d), dtype=np.float64)
     use_vmap = True
     method = f"vmap-jac{mode}"
-    module = getattr(model, "module", None)
+    differentiable = cast("TorchLogits", model)  # callers have checked the capability (require_differentiable)
+    module: Any = getattr(model, "module", None)
     was_training = bool(getattr(module, "training", False))
     if was_training:
         module.eval()
@@ -168,13 +173,13 @@ def _torch_jacobians(model: Model, X: np.ndarray, chunk: int, mode: str) -> tupl
             x = torch.as_tensor(X[s : s + chunk], dtype=dt)
             if use_vmap:
                 try:
-                    out, J = _vmap_chunk(model, x, mode)
+                    out, J = _vmap_chunk(differentiable, x, mode)
                 except Exception as exc:  # noqa: BLE001 - any vmap incompatibility: fall back, still batched
                     log.info("%s: vmap Jacobian failed (%s); using one batched backward pass per class", model.name, first_line(exc))
                     use_vmap = False
                     method = "per-class-backward"
             if not use_vmap:
-                out, J = _per_class_chunk(model, x)
+                out, J = _per_class_chunk(differentiable, x)
             if tuple(J.shape) != (x.shape[0], c, d):
                 raise ModelError(f"{model.name}: torch_logits gave Jacobians of shape {tuple(J.shape)}, expected {(x.shape[0], c, d)}")
             outs[s : s + chunk] = out.detach().double().numpy()
@@ -195,17 +200,19 @@ def _analytic_jacobians(model: Model, X: np.ndarray, chunk: int) -> tuple[np.nda
 
     n, d = X.shape
     c = model.n_classes
-    J = np.asarray(model.gradient(X), dtype=np.float64)
+    gradient: Any = getattr(model, "gradient", None)  # callers have checked it is callable
+    J = np.asarray(gradient(X), dtype=np.float64)
     if J.shape != (n, c, d):
         raise ModelError(f"{model.name}: gradient(X) returned shape {J.shape}, expected {(n, c, d)} (n, n_classes, n_features)")
-    if callable(getattr(model, "decision_function", None)):  # the raw outputs `gradient` differentiates, no autograd graph
-        outs = np.asarray(model.decision_function(X), dtype=np.float64)
+    decision_function: Any = getattr(model, "decision_function", None)
+    if callable(decision_function):  # the raw outputs `gradient` differentiates, no autograd graph
+        outs = np.asarray(decision_function(X), dtype=np.float64)
     else:
         dt = _torch_dtype(model)
         outs = np.empty((n, c), dtype=np.float64)
         with torch.no_grad():
             for s in range(0, n, chunk):
-                outs[s : s + chunk] = model.torch_logits(torch.as_tensor(X[s : s + chunk], dtype=dt)).double().numpy()
+                outs[s : s + chunk] = cast("TorchLogits", model).torch_logits(torch.as_tensor(X[s : s + chunk], dtype=dt)).double().numpy()
     if outs.shape != (n, c):
         raise ModelError(f"{model.name}: outputs have shape {outs.shape}, expected {(n, c)}")
     return outs, J, "analytic-gradient"
@@ -250,5 +257,12 @@ def jacobians(model: Any, X: Any, chunk_size: int | None = None, mode: Mode = "a
     return outputs_and_jacobians(model, X, chunk_size=chunk_size, mode=mode, analytic=analytic).jacobians
 
 
-__all__ = ["JacobianBatch", "jacobians", "outputs_and_jacobians", "nonfinite_rows", "unsupported_reason",
-           "require_differentiable", "default_chunk_size"]
+__all__ = [
+    "JacobianBatch",
+    "default_chunk_size",
+    "jacobians",
+    "nonfinite_rows",
+    "outputs_and_jacobians",
+    "require_differentiable",
+    "unsupported_reason",
+]

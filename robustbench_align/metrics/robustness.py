@@ -9,7 +9,8 @@ differences w are parallel to x — the "maximal local robustness" of a normal-a
 """
 from __future__ import annotations
 
-from typing import Any, Literal, Sequence
+from collections.abc import Sequence
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -45,7 +46,7 @@ def linear_radius_from_jacobians(outputs: np.ndarray, J: np.ndarray, y: np.ndarr
     norm = check_norm(norm)
     outputs = np.asarray(outputs, dtype=np.float64)
     J = np.asarray(J, dtype=np.float64)
-    n, c, _ = J.shape
+    n, _, _ = J.shape
     y = np.asarray(y, dtype=np.int64)
     if n == 0:
         return np.zeros(0)
@@ -141,4 +142,4 @@ def radius_ratios(measured_radius: Any, r_lin: Any, X: Any, norm: str = "l2", re
     return pd.DataFrame({"x_norm": xn, "ratio_to_r_lin": to_lin, "ratio_to_x_norm": to_x, "r_lin_to_x_norm": lin_x})
 
 
-__all__ = ["local_linear_radius", "point_metrics", "linear_radius_from_jacobians", "radius_ratios", "DUAL_ORD"]
+__all__ = ["DUAL_ORD", "linear_radius_from_jacobians", "local_linear_radius", "point_metrics", "radius_ratios"]

@@ -18,8 +18,9 @@ from __future__ import annotations
 import logging
 import math
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, Sequence
+from typing import Any, Literal, cast
 
 import numpy as np
 import pandas as pd
@@ -58,7 +59,7 @@ class CorrelationResult:
     group: str = "all"
     by: str | None = None
     aggregate: tuple[str, ...] | None = None
-    groups: dict[str, "CorrelationResult"] = field(default_factory=dict)
+    groups: dict[str, CorrelationResult] = field(default_factory=dict)
 
     def _row(self) -> dict[str, Any]:
         return {
@@ -198,7 +199,7 @@ def correlate(
     if not (0.0 < float(confidence) < 1.0):
         raise DataError(f"correlate: confidence must be in (0, 1), got {confidence!r}")
     for name, v in (("n_boot", n_boot), ("n_perm", n_perm)):
-        if not isinstance(v, (int, np.integer)) or v < 0:
+        if not isinstance(cast(object, v), (int, np.integer)) or v < 0:  # typed int; untyped callers may pass anything
             raise DataError(f"correlate: {name} must be an integer >= 0, got {v!r}")
     need = [x, y] + ([by] if by is not None else [])
     keys: tuple[str, ...] | None = None
@@ -381,4 +382,4 @@ def mannwhitney_p(a: Sequence[float], b: Sequence[float]) -> tuple[float, str | 
     return (p, None) if math.isfinite(p) else (math.nan, "U test undefined for these values")
 
 
-__all__ = ["CorrelationResult", "PairedResult", "correlate", "paired_comparison", "attack_success_rate", "welch_p", "mannwhitney_p"]
+__all__ = ["CorrelationResult", "PairedResult", "attack_success_rate", "correlate", "mannwhitney_p", "paired_comparison", "welch_p"]

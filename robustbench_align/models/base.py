@@ -9,12 +9,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol
 
 import numpy as np
 
 from ..errors import DataError, ModelError, first_line
 from .constraints import Constraint, Rule, check_params
+
+if TYPE_CHECKING:  # torch is only needed to spell the torch_logits capability's types
+    import torch
 
 MAX_FEATURES = 10_000_000  # a sanity bound on declared input widths (a probe row of this size is 80 MB)
 
@@ -122,7 +125,8 @@ def argmax_rows(z: np.ndarray) -> np.ndarray:
 class Model:
     """Base class of the contract. Subclasses implement `predict_proba`; the rest is derived.
 
-    Optional capabilities are methods a subclass may define:
+    Optional capabilities are methods a subclass may define (typed by the `TorchLogits` and
+    `HasTreeEnsemble` protocols below; `capabilities` lists the ones a model has):
     - `torch_logits(x: torch.Tensor) -> torch.Tensor` (differentiable, shape (n, n_classes));
     - `tree_ensemble() -> TreeEnsemble`.
     """
@@ -170,6 +174,22 @@ class Model:
         return f"<{type(self).__name__} {self.name!r} d={self.n_features} c={self.n_classes}>"
 
 
+class TorchLogits(Protocol):
+    """The "torch_logits" capability: differentiable outputs of shape (n, n_classes) for a (n, n_features) tensor.
+
+    Not declared on `Model` (it is optional): code that has checked the capability (`model.has("torch_logits")`,
+    an attack's `requires`) says so with `cast(TorchLogits, model)`.
+    """
+
+    def torch_logits(self, x: torch.Tensor) -> torch.Tensor: ...
+
+
+class HasTreeEnsemble(Protocol):
+    """The "tree_ensemble" capability: the model's library-independent parse (see `TreeEnsemble`)."""
+
+    def tree_ensemble(self) -> TreeEnsemble: ...
+
+
 class FittedModel(Model):
     """The Model contract for sklearn-style estimators: widths come from the fitted attributes.
 
@@ -205,6 +225,24 @@ class FittedModel(Model):
     def n_classes(self) -> int:
         self._require_fitted()
         return int(self.n_classes_)
+
+
+class WrappedModel(Model):
+    """A Model around a foreign object whose width and class count are fixed when it is wrapped (the adapters).
+
+    Subclasses set `_d` (input width) and `_c` (number of classes) in their constructor.
+    """
+
+    _d: int
+    _c: int
+
+    @property
+    def n_features(self) -> int:
+        return self._d
+
+    @property
+    def n_classes(self) -> int:
+        return self._c
 
 
 # ----------------------------------------------------------------------------------------
@@ -367,6 +405,21 @@ def __getattr__(name: str) -> Any:
 
 
 __all__: Sequence[str] = [
-    "MAX_FEATURES", "FittedModel", "Model", "Tree", "TreeEnsemble", "argmax_rows", "check_features", "check_labels", "check_n_classes",
-    "check_training_data", "check_width", "display_name", "softmax_rows", "wrap",
+    "MAX_FEATURES",
+    "FittedModel",
+    "HasTreeEnsemble",
+    "Model",
+    "TorchLogits",
+    "Tree",
+    "TreeEnsemble",
+    "WrappedModel",
+    "argmax_rows",
+    "check_features",
+    "check_labels",
+    "check_n_classes",
+    "check_training_data",
+    "check_width",
+    "display_name",
+    "softmax_rows",
+    "wrap",
 ]

@@ -25,7 +25,7 @@ import torch
 
 from ..errors import ModelError
 from .constraints import Boolean, Constraint, Real
-from .mlp import MLP
+from .mlp import MLP, task_loss
 
 log = logging.getLogger(__name__)
 
@@ -127,6 +127,49 @@ def offset(module: Module, x: torch.Tensor) -> torch.Tensor:
     return out - jx
 
 
+def grokalign_loss(
+    module: Module,
+    xb: torch.Tensor,
+    yb: torch.Tensor,
+    probe: torch.Generator | None = None,
+    *,
+    lam: float,
+    offset: bool = True,
+    loss: str = "ce",
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """The GrokAlign objective on one batch, task + lam·(E‖J_x‖_F [+ E‖b_x‖² when offset]), and its named terms.
+
+    `module` maps the (n, d) batch `xb` to (n, k) logits; `yb` holds the integer labels and `loss` names the
+    task loss ("ce" or "mse", see `mlp.task_loss`). E‖J_x‖_F is the one-probe Hutchinson estimate with the
+    probes drawn from `probe`; b_x = f(x) − J_x x comes from forward mode. With lam <= 0 the loss is the task
+    loss alone and the regulariser terms are only measured. Returns (loss, terms) with the terms "task", "jac"
+    and, with offset, "offset" as floats (what `GrokAlignMLP.history_` records).
+    """
+    lam = float(lam)
+    train_reg = lam > 0
+    xg = xb.detach().requires_grad_(True)
+    if offset and train_reg:
+        logits, jx = output_and_jvp(module, xg)
+    else:
+        logits = module(xg)
+    task = task_loss(logits, yb, loss)
+    sq = hutchinson_sq_from(logits, xg, probe, create_graph=train_reg)
+    jac = torch.sqrt(sq.clamp_min(HUTCHINSON_FLOOR)).mean()
+    terms = {"task": float(task.detach()), "jac": float(jac.detach())}
+    reg = jac
+    if offset:
+        if train_reg:
+            off = ((logits - jx) ** 2).sum(dim=1).mean()
+        else:
+            with torch.no_grad():
+                out, jx0 = _jvp(module, xb.detach())
+                off = ((out - jx0) ** 2).sum(dim=1).mean()
+        terms["offset"] = float(off.detach())
+        reg = reg + off
+    total = task + lam * reg if train_reg else task
+    return total, terms
+
+
 class GrokAlignMLP(MLP):
     """MLP trained with the GrokAlign regulariser: task + lam·(E‖J_x‖_F [+ E‖b_x‖² when offset]).
 
@@ -172,30 +215,10 @@ class GrokAlignMLP(MLP):
         self.offset = offset
 
     def _batch_loss(self, module: Any, xb: torch.Tensor, yb: torch.Tensor, probe: torch.Generator) -> tuple[torch.Tensor, dict[str, float]]:
-        """task + lam·(Hutchinson E‖J_x‖_F [+ E‖b_x‖²]); with lam = 0 the terms are measured only."""
-        lam = float(self.lam)
-        train_reg = lam > 0
-        xg = xb.detach().requires_grad_(True)
-        if self.offset and train_reg:
-            logits, jx = output_and_jvp(module, xg)
-        else:
-            logits = module(xg)
-        task = self._task_loss(logits, yb)
-        sq = hutchinson_sq_from(logits, xg, probe, create_graph=train_reg)
-        jac = torch.sqrt(sq.clamp_min(HUTCHINSON_FLOOR)).mean()
-        terms = {"task": float(task.detach()), "jac": float(jac.detach())}
-        reg = jac
-        if self.offset:
-            if train_reg:
-                off = ((logits - jx) ** 2).sum(dim=1).mean()
-            else:
-                with torch.no_grad():
-                    out, jx0 = _jvp(module, xb.detach())
-                    off = ((out - jx0) ** 2).sum(dim=1).mean()
-            terms["offset"] = float(off.detach())
-            reg = reg + off
-        loss = task + lam * reg if train_reg else task
-        return loss, terms
+        """`grokalign_loss` with this estimator's lam, offset and task loss; with lam = 0 the terms are measured only."""
+        return grokalign_loss(module, xb, yb, probe, lam=self.lam, offset=self.offset, loss=self.loss)
 
 
-__all__ = ["GrokAlignMLP", "exact_frobenius", "hutchinson_frobenius", "hutchinson_sq_from", "jacobians", "offset", "output_and_jvp"]
+__all__ = [
+    "GrokAlignMLP", "exact_frobenius", "grokalign_loss", "hutchinson_frobenius", "hutchinson_sq_from", "jacobians", "offset", "output_and_jvp",
+]

@@ -43,6 +43,16 @@ OPTIMIZERS = ("adamw", "adam", "sgd")
 LOSSES = ("ce", "mse")
 
 
+def task_loss(logits: torch.Tensor, y: torch.Tensor, loss: str = "ce") -> torch.Tensor:
+    """The task loss of one batch: cross-entropy ("ce") or squared error against the one-hot labels ("mse")."""
+    F = torch.nn.functional
+    if loss == "ce":
+        return F.cross_entropy(logits, y)
+    if loss == "mse":
+        return F.mse_loss(logits, F.one_hot(y, logits.shape[1]).to(logits.dtype))
+    raise ModelError(f"loss must be {' or '.join(repr(x) for x in LOSSES)}, got {loss!r}")
+
+
 class Square(nn.Module):
     """Elementwise x ↦ x², the 'quadratic' activation of the bias-free mod-add networks."""
 
@@ -189,10 +199,7 @@ class MLP(BaseEstimator, FittedModel):  # type: ignore[misc]  # sklearn is untyp
         return torch.optim.SGD(params, lr=float(self.lr), momentum=float(self.momentum), weight_decay=float(self.weight_decay), foreach=True)
 
     def _task_loss(self, logits: Any, yb: Any) -> Any:
-        F = torch.nn.functional
-        if self.loss == "ce":
-            return F.cross_entropy(logits, yb)
-        return F.mse_loss(logits, F.one_hot(yb, logits.shape[1]).to(logits.dtype))
+        return task_loss(logits, yb, self.loss)
 
     def _batch_loss(self, module: Any, xb: Any, yb: Any, probe: Any) -> tuple[Any, dict[str, float]]:
         """Training objective on one batch and its named terms (floats) for `history_`.
@@ -403,4 +410,4 @@ class MLP(BaseEstimator, FittedModel):  # type: ignore[misc]  # sklearn is untyp
         return est
 
 
-__all__ = ["ACTIVATIONS", "DTYPES", "LOSSES", "MLP", "OPTIMIZERS", "Square", "build_module", "torch_dtype"]
+__all__ = ["ACTIVATIONS", "DTYPES", "LOSSES", "MLP", "OPTIMIZERS", "Square", "build_module", "task_loss", "torch_dtype"]

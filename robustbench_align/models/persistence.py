@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ModelError, first_line
+from ..jsonable import jsonable
 from .base import FittedModel, Model
 from .registry import build, get_spec, list_models
 
@@ -102,17 +103,15 @@ def save_model(model: Any, directory: str | os.PathLike[str], *, extra: dict[str
 
 
 def _json_default(o: Any) -> Any:
-    """JSON for the parameter values json cannot write itself (tuples, numpy scalars)."""
-    if isinstance(o, tuple):
-        return list(o)
-    try:
-        import numpy as np
+    """JSON for the parameter values json cannot write itself (numpy scalars and arrays, sets), through `jsonable`.
 
-        if isinstance(o, np.generic):
-            return o.item()
-    except ImportError:  # pragma: no cover
-        pass
-    raise TypeError(f"parameter value {o!r} is not JSON-serialisable")
+    Only called for values json does not encode natively, so what json writes itself (and hence every existing
+    params hash) is unchanged; a value `jsonable` cannot convert either is refused with TypeError.
+    """
+    value = jsonable(o)
+    if value is o:
+        raise TypeError(f"parameter value {o!r} is not JSON-serialisable")
+    return value
 
 
 def load_model(path: str | os.PathLike[str], *, trust_pickle: bool = False, name: str | None = None) -> Model:

@@ -27,7 +27,7 @@ def _fmt(v: Any, col: str) -> str:
             return f"{v:.1f}"
         if math.isinf(v):
             return "∞"
-        return f"{v:.3g}" if abs(v) < 1000 else f"{v:.0f}"
+        return f"{v:.3g}" if abs(float(v)) < 1000 else f"{v:.0f}"
     return str(v)
 
 
@@ -36,7 +36,7 @@ def display_frame(board: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame({c: [_fmt(v, c) for v in board[c]] for c in board.columns}, index=board.index)
 
 
-def _md_escape(s: str) -> str:
+def _md_escape(s: object) -> str:
     s = " ".join(str(s).splitlines())  # \n, \r, \r\n, U+2028 ... all end a Markdown table row
     return (s.replace("\\", "\\\\").replace("|", "\\|").replace("<", "&lt;").replace(">", "&gt;")
             .replace("`", "\\`").replace("[", "\\[").replace("]", "\\]"))

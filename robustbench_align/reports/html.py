@@ -4,7 +4,7 @@ from __future__ import annotations
 import base64
 import datetime as _dt
 import math
-from typing import Any
+from typing import Any, cast
 
 import pandas as pd
 
@@ -22,7 +22,7 @@ def _env() -> Any:
 def _rows(df: pd.DataFrame) -> dict[str, Any]:
     disp = display_frame(df)
     rows = []
-    for (_, raw), (_, shown) in zip(df.iterrows(), disp.iterrows()):
+    for (_, raw), (_, shown) in zip(df.iterrows(), disp.iterrows(), strict=True):  # display_frame keeps the rows
         row = []
         for c in df.columns:
             v = raw[c]
@@ -47,7 +47,8 @@ def render_html(board: pd.DataFrame, overall: pd.DataFrame | None = None, *, poi
     from . import plots as P
 
     sections = []
-    for (ds, th), sub in board.groupby(["dataset", "threat"], sort=True) if not board.empty else []:
+    for key, sub in board.groupby(["dataset", "threat"], sort=True) if not board.empty else []:
+        ds, th = cast("tuple[str, str]", key)  # the store's TEXT columns
         sub = sub.drop(columns=["dataset", "threat"]).dropna(axis=1, how="all")
         fig = P.robust_curves(points, ds, th) if plots and points is not None and not points.empty else None
         sections.append({"dataset": ds, "threat": th, **_rows(sub), "figure": _b64(fig)})
@@ -75,7 +76,7 @@ def render_html(board: pd.DataFrame, overall: pd.DataFrame | None = None, *, poi
     return tmpl.render(
         title=title,
         note="Accuracies in %; radii in the threat model's norm on standardised features; columns are defined in the README.",
-        generated=_dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        generated=_dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         overall=_rows(overall) if overall is not None and not overall.empty else None,
         sections=sections, figures=figures, text_cols=TEXT_COLS,
     )

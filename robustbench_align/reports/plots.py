@@ -7,7 +7,7 @@ from __future__ import annotations
 import io
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import pandas as pd
@@ -107,7 +107,8 @@ def paired_plot(board: pd.DataFrame, a: str = "rfm", b: str = "rfam", metric: st
     plt = _plt()
     fig, ax = plt.subplots(figsize=(4.2, 4.0))
     ax.scatter(wide[a], wide[b], s=25)
-    for (ds, th), row in wide.iterrows():
+    for key, row in wide.iterrows():
+        ds, th = cast("tuple[str, str]", key)  # the (dataset, threat) index
         ax.annotate(_label(f"{ds}/{th}"), (row[a], row[b]), fontsize=6, alpha=0.7)
     lo = float(min(wide[a].min(), wide[b].min()))
     hi = float(max(wide[a].max(), wide[b].max()))

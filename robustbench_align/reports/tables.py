@@ -6,7 +6,8 @@ across datasets (mean rank). Every column is defined in the README ("Leaderboard
 from __future__ import annotations
 
 import os
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -46,7 +47,7 @@ def per_run(runs: pd.DataFrame, points: pd.DataFrame) -> pd.DataFrame:
         row["clean_accuracy"] = float(p["correct"].mean()) if len(p) else np.nan
         keys = eps_keys(p)
         for k in keys:
-            vals = [d.get(k) for d in p["robust_at"] if isinstance(d, dict) and k in d]
+            vals: list[Any] = [d.get(k) for d in p["robust_at"] if isinstance(d, dict) and k in d]
             row[f"robust_acc@{k}"] = float(np.mean(vals)) if vals else np.nan
         radius = pd.to_numeric(p["radius"], errors="coerce").to_numpy(dtype=float) if "radius" in p else np.array([])
         if radius.size and not np.isnan(radius).all():
@@ -88,7 +89,7 @@ def leaderboard_from_frames(runs: pd.DataFrame, points: pd.DataFrame, dataset: s
     if threat is not None:
         pr = pr[pr["threat"] == threat]
     num = [c for c in pr.columns if c not in ("run_id", "model", "family", "dataset", "threat", "norm", "attacks", "flags", "seed")]
-    agg: dict[str, Any] = {c: "mean" for c in num}
+    agg: dict[str, Any] = dict.fromkeys(num, "mean")
     agg.update({"family": "first", "norm": "first", "attacks": lambda s: ", ".join(sorted({a.strip() for x in s for a in str(x).split(",") if a.strip()})),
                 "flags": lambda s: ", ".join(sorted({a.strip() for x in s for a in str(x).split(",") if a.strip()})), "seed": "count"})
     g = pr.groupby(["dataset", "threat", "model"], as_index=False).agg(agg).rename(columns={"seed": "seeds"})

@@ -5,7 +5,7 @@ is task + λ(E‖J_x‖_F + E‖b_x‖²) (J_x the input Jacobian of the logits,
 reports how many runs grok, the mean/std/median grokking epoch, the baseline/GrokAlign ratios of
 mean epochs and of optimisation time, and Welch t-tests (its `summarize_results.py`). This module
 re-runs that protocol for the paper's sparse-parity and modular-addition tasks with the suite's own
-pieces: `build_module` for the networks, `GrokAlignMLP`'s training objective for the loss, and
+pieces: `build_module` for the networks, `GrokAlignMLP`'s training objective (`grokalign_loss`) for the loss, and
 `metrics.alignment` for the Jacobian metrics along training.
 
 Protocol choices where the paper leaves room, fixed here before any result was seen:
@@ -35,9 +35,10 @@ import math
 import os
 import time
 import zlib
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -46,7 +47,8 @@ from ..errors import ConfigError
 from ..jsonable import jsonable
 from ..metrics.alignment import alignment_from_jacobians
 from ..metrics.stats import mannwhitney_p, welch_p
-from ..models.grokalign import GrokAlignMLP, jacobians
+from ..models.constraints import is_int
+from ..models.grokalign import grokalign_loss, jacobians
 from ..models.mlp import build_module, torch_dtype
 
 log = logging.getLogger(__name__)
@@ -67,7 +69,7 @@ def is_eval_epoch(epoch: int) -> bool:
 
 def eval_schedule(max_epochs: int) -> list[int]:
     """Evaluated epochs 0..max_epochs (the schedule of `is_eval_epoch`, plus the cap itself)."""
-    if not isinstance(max_epochs, (int, np.integer)) or isinstance(max_epochs, bool) or max_epochs < 0:
+    if not is_int(max_epochs) or max_epochs < 0:
         raise ConfigError(f"max_epochs must be an integer >= 0, got {max_epochs!r}")
     epochs = [e for e in range(int(max_epochs) + 1) if is_eval_epoch(e)]
     if epochs[-1] != max_epochs:
@@ -80,7 +82,7 @@ def grokking_epoch(epochs: Sequence[int], train_acc: Sequence[float], test_acc: 
     """First evaluated epoch with train accuracy > train_threshold and test accuracy > test_threshold (None: never)."""
     if not (len(epochs) == len(train_acc) == len(test_acc)):
         raise ConfigError(f"epochs, train_acc and test_acc must have equal lengths, got {len(epochs)}, {len(train_acc)}, {len(test_acc)}")
-    for e, tr, te in zip(epochs, train_acc, test_acc):
+    for e, tr, te in zip(epochs, train_acc, test_acc, strict=True):
         if tr > train_threshold and te > test_threshold:
             return int(e)
     return None
@@ -122,8 +124,8 @@ def sparse_parity_data(n_samples: int, n_parity: int, n_noise: int, train_fracti
 def modular_addition_data(modulus: int, train_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """All pairs (a, b) mod p as concatenated one-hots (2p features), label (a + b) mod p, random train split."""
     p = int(modulus)
-    a, b = np.meshgrid(np.arange(p), np.arange(p), indexing="ij")
-    a, b = a.ravel(), b.ravel()
+    grid_a, grid_b = np.meshgrid(np.arange(p), np.arange(p), indexing="ij")
+    a, b = grid_a.ravel(), grid_b.ravel()
     X = np.zeros((p * p, 2 * p))
     X[np.arange(p * p), a] = 1.0
     X[np.arange(p * p), p + b] = 1.0
@@ -243,8 +245,8 @@ class GrokRun:
         self.g_batch = torch.Generator().manual_seed(s_batch)
         self.g_probe = torch.Generator().manual_seed(s_probe)
         lam = float(task.lam) if condition == "grokalign" else 0.0
-        # GrokAlign's objective is GrokAlignMLP's (cross-entropy + λ(E‖J_x‖_F + E‖b_x‖²)); the baseline is plain cross-entropy
-        self.objective = GrokAlignMLP(lam=lam, offset=True, loss="ce") if lam > 0 else None
+        # GrokAlign's objective is `grokalign_loss` (GrokAlignMLP's: cross-entropy + λ(E‖J_x‖_F + E‖b_x‖²)); the baseline plain cross-entropy
+        self.lam: float | None = lam if lam > 0 else None  # None: the baseline
         self.batch = task.batch_for(self.xtr.shape[0])
         self.track_metrics = track_metrics
         self.metric_x = self.xtr[:task.metric_points]
@@ -264,9 +266,9 @@ class GrokRun:
 
     def _loss(self, xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
         """The training loss of one batch (GrokAlign draws its Hutchinson probes from `g_probe`)."""
-        if self.objective is None:
+        if self.lam is None:
             return torch.nn.functional.cross_entropy(self.module(xb), yb)
-        loss, _ = self.objective._batch_loss(self.module, xb, yb, self.g_probe)
+        loss, _ = grokalign_loss(self.module, xb, yb, self.g_probe, lam=self.lam, offset=True, loss="ce")
         return loss
 
     def train_epoch(self) -> None:
@@ -305,7 +307,7 @@ class GrokRun:
             te_acc = float((zte.argmax(1) == self.yte).double().mean())
             tr_loss, te_loss = float(F.cross_entropy(ztr, self.ytr)), float(F.cross_entropy(zte, self.yte))
         for k, v in zip(("epoch", "train_acc", "test_acc", "train_loss", "test_loss", "opt_time"),
-                        (self.epoch, tr_acc, te_acc, tr_loss, te_loss, self.opt_time)):
+                        (self.epoch, tr_acc, te_acc, tr_loss, te_loss, self.opt_time), strict=True):
             self.trace[k].append(v)
         if not self.grokked and tr_acc > self.task.train_threshold and te_acc > self.task.test_threshold:
             self.grokking_epoch, self.time_to_grok, self.cpu_to_grok = self.epoch, self.opt_time, self.cpu_time
@@ -448,9 +450,9 @@ def plot_metrics(task: GrokTask, runs: Mapping[str, GrokRun], path: Path) -> Pat
     fig, axes = plt.subplots(2, 2, figsize=(10, 7), sharex=True)
     panels = [("accuracy", "accuracy (solid test, dashed train)"), ("normal_alignment", "normal alignment |cos(v₁, x)|"),
               ("centroid_alignment", "centroid alignment cos(Jᵀ1, x)"), ("effective_rank", "effective rank (Σσ)²/Σσ²")]
-    for ax, (key, label) in zip(axes.ravel(), panels):
+    for ax, (key, label) in zip(axes.ravel(), panels, strict=True):  # 2 × 2 axes, 4 panels
         for cond, run in runs.items():
-            ep, col = run.trace["epoch"], _COLORS.get(cond, None)
+            ep, col = run.trace["epoch"], _COLORS.get(cond)
             if key == "accuracy":
                 ax.plot(ep, run.trace["test_acc"], color=col, label=_LABELS.get(cond, cond))
                 ax.plot(ep, run.trace["train_acc"], color=col, ls="--", lw=1)
@@ -481,7 +483,7 @@ def plot_accuracy(task: GrokTask, runs: Sequence[GrokRun], path: Path) -> Path:
     fig, ax = plt.subplots(figsize=(7, 4))
     shown: set[str] = set()
     for run in runs:
-        col = _COLORS.get(run.condition, None)
+        col = _COLORS.get(run.condition)
         label = None if run.condition in shown else _LABELS.get(run.condition, run.condition)
         shown.add(run.condition)
         ax.plot(run.trace["epoch"], run.trace["test_acc"], color=col, alpha=0.7, lw=1.2, label=label)
@@ -531,7 +533,7 @@ def _cap_for(task: GrokTask, max_epochs: int | Mapping[str, int] | None, full: b
         cap = max_epochs
     if cap is None:
         cap = task.paper_max_epochs if full else task.default_max_epochs
-    if not isinstance(cap, (int, np.integer)) or isinstance(cap, bool) or cap < 1:
+    if not is_int(cap) or cap < 1:
         raise ConfigError(f"max_epochs for {task.name} must be a positive integer, got {cap!r}")
     return int(cap)
 
@@ -558,7 +560,7 @@ def run_grokking(
     reproduction_grokking.{md,json} and the plots to out_dir and returns the summary dict.
     """
     n_seeds = (FULL_SEEDS if full else DEFAULT_SEEDS) if seeds is None else seeds
-    if not isinstance(n_seeds, (int, np.integer)) or isinstance(n_seeds, bool) or n_seeds < 1:
+    if not is_int(n_seeds) or n_seeds < 1:
         raise ConfigError(f"seeds must be a positive integer, got {seeds!r}")
     if isinstance(conditions, str):
         conditions = (conditions,)
@@ -716,7 +718,7 @@ def render_report(summary: Mapping[str, Any]) -> str:
         if c is None:
             continue
 
-        def pv(key: str) -> str:
+        def pv(key: str, c: Mapping[str, Any] = c, n: str = n) -> str:  # bound: this iteration's task
             v = c[key]
             if v is not None and math.isfinite(v):
                 return _fmt_p(v)
@@ -792,7 +794,22 @@ def render_report(summary: Mapping[str, Any]) -> str:
 
 
 __all__ = [
-    "CONDITIONS", "TASKS", "GrokTask", "GrokRun", "is_eval_epoch", "eval_schedule", "grokking_epoch", "sparse_parity_data",
-    "modular_addition_data", "jacobian_alignment_summary", "summarize_condition", "compare",
-    "run_grokking", "render_report", "resolve_tasks", "task_settings", "plot_metrics", "plot_accuracy",
+    "CONDITIONS",
+    "TASKS",
+    "GrokRun",
+    "GrokTask",
+    "compare",
+    "eval_schedule",
+    "grokking_epoch",
+    "is_eval_epoch",
+    "jacobian_alignment_summary",
+    "modular_addition_data",
+    "plot_accuracy",
+    "plot_metrics",
+    "render_report",
+    "resolve_tasks",
+    "run_grokking",
+    "sparse_parity_data",
+    "summarize_condition",
+    "task_settings",
 ]

@@ -20,13 +20,17 @@ import json
 import logging
 import os
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 
 from ..jsonable import jsonable
+
+if TYPE_CHECKING:
+    from ..metrics.stats import Alternative
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +47,7 @@ PAPER = {
     "asr_paper@2": (76.61, 73.87, 0.031),
 }
 # H1 about RFAM (b) vs RFM (a), as in eval.py
-ALTERNATIVES = {"test_acc": "greater", "normal_alignment": "greater", "effective_rank_normalized": "less"}
+ALTERNATIVES: dict[str, Alternative] = {"test_acc": "greater", "normal_alignment": "greater", "effective_rank_normalized": "less"}
 
 
 def _evaluate_arm(name: str, ds: Any, seed: int, n_points: int, n_align: int, effort: str, time_limit: float) -> dict[str, Any]:
@@ -156,7 +160,7 @@ def summarize(per_run: pd.DataFrame, arms: tuple[str, str] = ("rfm", "rfam")) ->
     for m in metrics:
         a = per_ds[per_ds["arm"] == arms[0]].set_index("dataset")[m]
         b = per_ds[per_ds["arm"] == arms[1]].set_index("dataset")[m]
-        alt = ALTERNATIVES.get(m, "less" if m.startswith("asr") else "greater")
+        alt: Alternative = ALTERNATIVES.get(m, "less" if m.startswith("asr") else "greater")
         res = paired_comparison(a, b, alternative=alt, names=arms)
         tests.append({"metric": m, "alternative": f"{arms[1]} {'>' if alt == 'greater' else '<'} {arms[0]}", "n": res.n,
                       "rfm_mean": res.mean_a, "rfm_std": res.std_a, "rfam_mean": res.mean_b, "rfam_std": res.std_b,
@@ -190,7 +194,8 @@ def render_report(summary: dict[str, Any], arms: tuple[str, str] = ("rfm", "rfam
     per_ds: pd.DataFrame = summary["per_dataset"]
     a_name, b_name = arms
     is_paper_pair = tuple(arms) == ("rfm", "rfam")
-    title = "RFM vs RFAM (robustness and alignment)" if is_paper_pair else f"{a_name} vs {b_name} (robustness and alignment; no paper numbers exist for this pair)"
+    title = ("RFM vs RFAM (robustness and alignment)" if is_paper_pair
+             else f"{a_name} vs {b_name} (robustness and alignment; no paper numbers exist for this pair)")
     lines = [f"# Reproduction: {title}", ""]
     lines += ["Settings (every one):", ""]
     lines += [f"- {k}: {v}" for k, v in s.items()]
@@ -198,11 +203,13 @@ def render_report(summary: dict[str, Any], arms: tuple[str, str] = ("rfm", "rfam
               "strong = the suite's L∞ minimal-radius ensemble, thresholded at ε; both on the same test points. "
               "ASR = 100·(acc − robust acc)/acc per dataset, then averaged. Normal alignment and normalised effective rank on the training split.", ""]
     lines += ["## Summary across datasets (mean ± std over datasets; one-sided paired tests)", ""]
-    lines += [f"| metric | H1 | n | {a_name} | {b_name} | mean diff | rel. diff | {b_name} higher/lower | paired t p | Wilcoxon p |", "|---|---|---|---|---|---|---|---|---|---|"]
+    lines += [f"| metric | H1 | n | {a_name} | {b_name} | mean diff | rel. diff | {b_name} higher/lower | paired t p | Wilcoxon p |",
+              "|---|---|---|---|---|---|---|---|---|---|"]
     for _, t in tests.iterrows():
-        lines.append(f"| {t['metric']} | {t['alternative']} | {t['n']} | {t['rfm_mean']:.3f} ± {t['rfm_std']:.3f} | {t['rfam_mean']:.3f} ± {t['rfam_std']:.3f} | "
-                     f"{t['diff_mean']:+.3f} | {_num(t['rel_diff_mean'], '{:+.3f}', 'undefined (a = 0)')} | {t['rfam_higher']}/{t['rfam_lower']} | "
-                     f"{_num(t['t_p'], '{:.3g}', 'not computable (all pairs equal)')} | {_num(t['wilcoxon_p'], '{:.3g}', 'not computable (all pairs equal)')} |")
+        lines.append(f"| {t['metric']} | {t['alternative']} | {t['n']} | {t['rfm_mean']:.3f} ± {t['rfm_std']:.3f} | "
+                     f"{t['rfam_mean']:.3f} ± {t['rfam_std']:.3f} | {t['diff_mean']:+.3f} | {_num(t['rel_diff_mean'], '{:+.3f}', 'undefined (a = 0)')} | "
+                     f"{t['rfam_higher']}/{t['rfam_lower']} | {_num(t['t_p'], '{:.3g}', 'not computable (all pairs equal)')} | "
+                     f"{_num(t['wilcoxon_p'], '{:.3g}', 'not computable (all pairs equal)')} |")
     if is_paper_pair:
         lines += ["", "## Against the paper's numbers (120 UCI datasets, from the authors' logs)", ""]
         lines += ["| metric | paper RFM → RFAM (p) | here RFM → RFAM (p) | verdict |", "|---|---|---|---|"]
@@ -215,7 +222,8 @@ def render_report(summary: dict[str, Any], arms: tuple[str, str] = ("rfm", "rfam
                      f"(p={_num(t['t_p'], '{:.3g}', 'not computable')}) | {_verdict(t, paper)} |")
     nm = summary.get("paper_nonmonotone_fraction", {})
     lines += ["", f"Fraction of (dataset, seed) runs whose paper-protocol robust accuracy is non-monotone in ε: "
-              f"{a_name} {nm.get(a_name, float('nan')):.2f}, {b_name} {nm.get(b_name, float('nan')):.2f} (the strong protocol is monotone by construction).", ""]
+              f"{a_name} {nm.get(a_name, float('nan')):.2f}, {b_name} {nm.get(b_name, float('nan')):.2f} "
+              "(the strong protocol is monotone by construction).", ""]
     lines += ["## Per dataset (means over seeds)", ""]
     cols = ["dataset", "arm", "test_acc", "normal_alignment", "effective_rank_normalized", "rob_paper@0.1", "rob_paper@1", "rob_paper@2",
             "rob_strong@0.1", "rob_strong@1", "rob_strong@2", "median_radius"]
@@ -234,7 +242,7 @@ def _plot(per_ds: pd.DataFrame, path: Path, arms: tuple[str, str] = ("rfm", "rfa
 
     panels = [("normal_alignment", "normal alignment"), ("asr_paper@1", "ASR % ε=1 (paper PGD)"), ("asr_strong@1", "ASR % ε=1 (strong)")]
     fig, axes = plt.subplots(1, len(panels), figsize=(12, 3.8))
-    for ax, (m, label) in zip(axes, panels):
+    for ax, (m, label) in zip(axes, panels, strict=True):  # one axis per panel
         a = per_ds[per_ds["arm"] == arms[0]].set_index("dataset")[m]
         b = per_ds[per_ds["arm"] == arms[1]].set_index("dataset")[m].reindex(a.index)
         ax.scatter(a, b, s=22)

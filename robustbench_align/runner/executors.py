@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from ..errors import ConfigError
 from .store import RunRecord
@@ -87,7 +88,7 @@ def _execute_dask(jobs: Sequence[Any], on_result: Callable[[list[RunRecord]], No
     bar = _progress(len(jobs), progress)
     try:
         futures = [client.submit(_job_entry, job, pure=False) for job in jobs]
-        for fut, records in as_completed(futures, with_results=True, loop=client.loop):
+        for _fut, records in as_completed(futures, with_results=True, loop=client.loop):
             on_result(records)
             bar.update()
     finally:

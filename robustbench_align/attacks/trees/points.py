@@ -17,12 +17,12 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol, cast
+from typing import cast
 
 import numpy as np
 
 from ...errors import AttackError
-from ...models.base import Model, TreeEnsemble
+from ...models.base import HasTreeEnsemble, Model, TreeEnsemble
 from ..base import Candidates
 
 log = logging.getLogger(__name__)
@@ -41,18 +41,12 @@ class PointOutcome:
     fell_back: bool = False  # a Veritas point handed to the MILP
 
 
-class _TreeModel(Protocol):
-    """A model with the "tree_ensemble" capability (an optional method, not declared on Model)."""
-
-    def tree_ensemble(self) -> object: ...
-
-
 def ensemble_of(model: Model, who: str) -> TreeEnsemble:
     """The model's parsed ensemble; AttackError when tree_ensemble() returns something else.
 
     The base class has already checked the capability (`requires = {"tree_ensemble"}`).
     """
-    ens = cast(_TreeModel, model).tree_ensemble()
+    ens: object = cast(HasTreeEnsemble, model).tree_ensemble()  # object: a foreign model may break the contract
     if not isinstance(ens, TreeEnsemble):
         raise AttackError(f"attack {who!r}: {model.name!r}.tree_ensemble() returned {type(ens).__name__}, not a TreeEnsemble")
     return ens

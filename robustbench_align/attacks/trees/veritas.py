@@ -101,7 +101,7 @@ class VeritasLinf(MinimalAttack):
 
     @classmethod
     def available(cls) -> bool:
-        """True when the optional `dtai-veritas` package imports."""
+        """True when the optional `dtai-veritas` package imports (a real import: its compiled core can fail to load)."""
         try:
             import veritas  # noqa: F401
         except ImportError:

@@ -7,10 +7,10 @@ from typing import Any
 import numpy as np
 
 from ...errors import ModelError, first_line
-from ..base import Model, check_n_classes, check_width, display_name
+from ..base import Model, WrappedModel, check_n_classes, check_width, display_name
 
 
-class ProbaModel(Model):
+class ProbaModel(WrappedModel):
     """Any `predict_proba`-style callable (black box): only the `predict_proba` capability."""
 
     def __init__(self, fn: Callable[[np.ndarray], Any], n_features: int, n_classes: int | None = None, name: str = "black-box") -> None:
@@ -34,14 +34,6 @@ class ProbaModel(Model):
             return np.asarray(out, dtype=np.float64)
         except (TypeError, ValueError) as exc:
             raise ModelError(f"{who}: the predict_proba callable returned a {type(out).__name__} that is not numeric ({first_line(exc)})") from None
-
-    @property
-    def n_features(self) -> int:
-        return self._d
-
-    @property
-    def n_classes(self) -> int:
-        return self._c
 
     def predict_proba(self, X: np.ndarray) -> np.ndarray:
         X = self._check_X(X)

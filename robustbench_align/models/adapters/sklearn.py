@@ -9,7 +9,7 @@ import numpy as np
 from sklearn.base import BaseEstimator
 
 from ...errors import ModelError, first_line
-from ..base import Model, TreeEnsemble, argmax_rows, display_name
+from ..base import Model, TreeEnsemble, WrappedModel, argmax_rows, display_name
 from ..trees.sklearn_parse import is_sk_tree_classifier, parse_sklearn, quiet, require_sk_fitted
 
 
@@ -26,7 +26,7 @@ def _label_indices(classes: np.ndarray, labels: Any, who: str) -> np.ndarray:
     return out
 
 
-class WrappedSklearn(Model):
+class WrappedSklearn(WrappedModel):
     """A fitted scikit-learn classifier with predict_proba, attacked as a black box.
 
     `predict` is the estimator's own, mapped to class indices 0..K-1 in `classes_` order (the
@@ -65,14 +65,6 @@ class WrappedSklearn(Model):
         if self._c < 2:
             raise ModelError(f"{type(est).__name__} knows a single class; a classifier needs at least two")
         self.name = name or type(est).__name__
-
-    @property
-    def n_features(self) -> int:
-        return self._d
-
-    @property
-    def n_classes(self) -> int:
-        return self._c
 
     def _library(self, method: Any, X: np.ndarray) -> Any:
         """method(X) without sklearn's feature-name warning; its ValueError as a one-line ModelError."""

@@ -6,10 +6,10 @@ from typing import Any
 import numpy as np
 
 from ...errors import ModelError, first_line
-from ..base import Model, argmax_rows, check_n_classes, check_width, display_name, softmax_rows
+from ..base import Model, WrappedModel, argmax_rows, check_n_classes, check_width, display_name, softmax_rows
 
 
-class TorchModel(Model):
+class TorchModel(WrappedModel):
     """A torch `nn.Module` mapping (n, d) inputs to (n, c) logits."""
 
     def __init__(self, module: Any, n_features: int, n_classes: int | None = None, name: str = "torch-model", dtype: Any = None) -> None:
@@ -38,14 +38,6 @@ class TorchModel(Model):
         if n_classes is not None and n_classes != int(out.shape[1]):
             raise ModelError(f"{who}: n_classes={n_classes} but the module returns {int(out.shape[1])} logits")
         self._c = int(out.shape[1])
-
-    @property
-    def n_features(self) -> int:
-        return self._d
-
-    @property
-    def n_classes(self) -> int:
-        return self._c
 
     def torch_logits(self, x: Any) -> Any:
         return self.module(x.to(self.torch_dtype))

@@ -6,7 +6,7 @@ from typing import Any
 import numpy as np
 
 from ...errors import ModelError
-from ..base import Model, TreeEnsemble, argmax_rows
+from ..base import Model, TreeEnsemble, WrappedModel, argmax_rows
 from ..trees.xgboost_json import XGB_OBJECTIVES
 from ..trees.xgboost_parse import parse_xgboost, xgb_margin, xgb_objective, xgb_parts
 
@@ -39,7 +39,7 @@ def _xgb_predict(booster: Any, clf: Any, objective: str, X: np.ndarray) -> np.nd
     return argmax_rows(p).astype(np.int64)
 
 
-class WrappedXGBoost(Model):
+class WrappedXGBoost(WrappedModel):
     """A fitted XGBClassifier/XGBRFClassifier or classification Booster: library predictions plus `tree_ensemble()`."""
 
     def __init__(self, obj: Any, name: str | None = None) -> None:
@@ -52,14 +52,6 @@ class WrappedXGBoost(Model):
         self._c = int(k)
         self.name = name or type(obj).__name__
         self._ensemble: TreeEnsemble | None = None
-
-    @property
-    def n_features(self) -> int:
-        return self._d
-
-    @property
-    def n_classes(self) -> int:
-        return self._c
 
     def predict_proba(self, X: Any) -> np.ndarray:
         return _xgb_predict_proba(self.booster, self.clf, self.objective, self._check_X(X))
