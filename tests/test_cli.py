@@ -48,6 +48,7 @@ def test_evaluate_xgboost_json_joins_the_leaderboard(tmp_path):
     assert names == {"xgb", "mine"}
     mine = next(row for row in rows if row["model"] == "mine")
     assert mine["family"] == "user" and 0 <= mine["clean_acc"] <= 1 and mine["certified_fraction"] == 1.0
+    assert mine["path"] == "exact" and next(row for row in rows if row["model"] == "xgb")["path"] == "exact"
 
 
 def test_evaluate_module_attr_torch(tmp_path):
@@ -67,6 +68,7 @@ def test_evaluate_module_attr_torch(tmp_path):
     assert r.returncode == 0, r.stderr
     rows = json.loads((tmp_path / "out" / "leaderboard.json").read_text())
     assert rows and rows[0]["model"] == "net" and rows[0]["normal_alignment"] is not None
+    assert {row["model"]: row["path"] for row in rows} == {"net": "gradient", "xgb": "exact"}
 
 
 @pytest.mark.parametrize("target, msg", [

@@ -592,3 +592,20 @@ def test_full_effort_on_a_trained_mlp(norm):
     assert all(0 <= v <= 1 + 1e-12 for v in opt.values()) and max(opt.values()) > 0.8
     # on a ReLU net hsj sometimes escapes the gradient attacks' local optima; that is the only flag allowed
     assert set(res.flags) <= {"black_box_beats_white_box"}
+
+
+def test_result_says_which_path_it_came_from(linear):
+    from robustbench_align.attacks.registry import attack_path
+
+    model, X, y = linear
+    assert EnsembleAttack([ExactLinear()]).run(model, X, y, "l2").path == "exact"
+    res = EnsembleAttack([GradientLine(), ExactLinear(certify=False)]).run(model, X, y, "l2")
+    assert res.path == "exact" and "black_box_only" not in res.flags
+    assert EnsembleAttack([GradientLine()]).run(model, X, y, "l2").path == "gradient"
+    box = ProbaModel(lambda Z: model.predict_proba(Z), D, K, name="box")
+    bb = minimal_radius(box, X, y, "l2", attacks=[("hsj", {"max_queries": 200})])
+    assert bb.path == "black-box" and "black_box_only" in bb.flags
+    fr = EnsembleAttack([FixedLinear()]).run_fixed(model, X, y, "linf", [0.5])
+    assert fr.path == "gradient" and "black_box_only" not in fr.flags
+    assert attack_path(["fmn", "hsj"]) == "gradient" and attack_path(["milp#2", "hsj"]) == "exact"
+    assert attack_path(["hsj"]) == "black-box" and attack_path(["pgd-refine"]) == "gradient" and attack_path([]) == ""

@@ -457,6 +457,25 @@ def wrapped_fixed_eps(wrapper: Attack, inner: object, kind: str, suffix: str) ->
     return inner
 
 
+PATHS: tuple[str, ...] = ("exact", "gradient", "black-box")  # strongest first
+
+
+def path_of(attack: Attack) -> str:
+    """The kind of access an attack has to the model: "exact" (a complete method whose lower bounds
+    certify), "gradient" (white-box, differentiates the model) or "black-box" (queries only)."""
+    if attack.exact:
+        return "exact"
+    if "torch_logits" in attack.requires:
+        return "gradient"
+    return "black-box"
+
+
+def strongest_path(paths: Iterable[str]) -> str:
+    """The strongest of several paths ("" when there are none)."""
+    ranked = [PATHS.index(p) for p in paths if p in PATHS]
+    return PATHS[min(ranked)] if ranked else ""
+
+
 def clean_correct_rows(model: Model, X: np.ndarray, y: np.ndarray) -> np.ndarray:
     """Indices of the points the model classifies correctly (the ones worth attacking)."""
     if X.shape[0] == 0:
@@ -472,7 +491,7 @@ def applicable_names(model: Model, norm: str) -> list[str]:
 
 
 __all__ = [
-    "BUDGET_RTOL", "L1", "L2", "LINF", "NORMS", "Attack", "AttackResult", "Candidates", "FixedEpsAttack", "MinimalAttack", "Norm",
-    "RefiningAttack", "applicable_names", "check_eps", "check_inputs", "check_norm", "clean_correct_rows", "distances",
-    "eps_vector", "verify",
+    "BUDGET_RTOL", "L1", "L2", "LINF", "NORMS", "PATHS", "Attack", "AttackResult", "Candidates", "FixedEpsAttack", "MinimalAttack",
+    "Norm", "RefiningAttack", "applicable_names", "backend_available", "check_eps", "check_inputs", "check_norm", "clean_correct_rows",
+    "distances", "eps_vector", "import_backend", "lookup", "path_of", "strongest_path", "verify", "wrapped_fixed_eps",
 ]

@@ -185,6 +185,15 @@ def attack_failures(errors: dict[str, str]) -> Flag | None:
     return ("attack_failed", "; ".join(f"{k}: {v}" for k, v in errors.items())[:500])
 
 
+def black_box_only(path: str, note: str | None) -> Flag | None:
+    """The model reached only the decision-based attack: its radii are upper bounds from a weak path."""
+    if path != "black-box":
+        return None
+    why = f" ({note})" if note else ""
+    return ("black_box_only", f"only the black-box attack applied to this model{why}; its radii are upper bounds from a query-only "
+            "search and can be several times the true minimal radius")
+
+
 def model_checks(model: Model, X: np.ndarray, y: np.ndarray) -> list[Flag]:
     """The checks that only need the model and the clean points."""
     out = [nondeterministic(model, X)]
@@ -205,7 +214,20 @@ def collect(flags: Iterable[Flag | None]) -> dict[str, str]:
 
 
 __all__ = [
-    "Flag", "attack_failures", "black_box_beats_white_box", "black_box_breaks_robust", "collect", "exact_not_certified",
-    "lower_bound_above_adversarial", "margin_gradient_norms", "model_checks", "non_monotone", "nondeterministic",
-    "rejected_candidates", "softmax_output", "unbroken_points", "zero_gradients",
+    "Flag",
+    "attack_failures",
+    "black_box_beats_white_box",
+    "black_box_breaks_robust",
+    "black_box_only",
+    "collect",
+    "exact_not_certified",
+    "lower_bound_above_adversarial",
+    "margin_gradient_norms",
+    "model_checks",
+    "non_monotone",
+    "nondeterministic",
+    "rejected_candidates",
+    "softmax_output",
+    "unbroken_points",
+    "zero_gradients",
 ]

@@ -21,7 +21,20 @@ import numpy as np
 from ..errors import AttackError
 from ..models.base import Model, wrap
 from . import checks as chk
-from .base import BUDGET_RTOL, Attack, AttackResult, FixedEpsAttack, MinimalAttack, Norm, RefiningAttack, check_eps, check_inputs, verify
+from .base import (
+    BUDGET_RTOL,
+    Attack,
+    AttackResult,
+    FixedEpsAttack,
+    MinimalAttack,
+    Norm,
+    RefiningAttack,
+    check_eps,
+    check_inputs,
+    path_of,
+    strongest_path,
+    verify,
+)
 from .results import FixedEpsResult, RadiusResult
 
 log = logging.getLogger(__name__)
@@ -189,15 +202,28 @@ class EnsembleAttack:
         result = RadiusResult(
             x_adv=best_x, distance=best_d, success=np.isfinite(best_d), norm=norm, attack=self.name, lower_bound=lower,
             queries=queries, wall_time=0.0, rejected=rejected, by_attack=by, clean_correct=clean_correct, attacks_used=used,
-            attack_times=times, attack_rejected=rej_by, per_attack=per_attack,
+            attack_times=times, attack_rejected=rej_by, per_attack=per_attack, path=self._path(used),
         )
         if self.checks:
             flags += self._checks_minimal(model, X, y, result, exact_ran, errors)
         else:
             flags.append(chk.attack_failures(errors))
+        flags.append(self._black_box_only(model, result.path))
         result.flags = chk.collect(flags)
         result.wall_time = time.perf_counter() - t0
         return result
+
+    def _path(self, used: list[str]) -> str:
+        """The strongest path among the steps that ran (see `path_of`)."""
+        return strongest_path(path_of(s.attack) for s in self.steps if s.label in used)
+
+    @staticmethod
+    def _black_box_only(model: Model, path: str) -> chk.Flag | None:
+        """Flag (and log) a model that only the decision-based attack reached, with the model's reason when it has one."""
+        flag = chk.black_box_only(path, model.path_note)
+        if flag is not None:
+            log.warning("%s: %s", model.name, flag[1])
+        return flag
 
     def _checks_minimal(self, model: Model, X: np.ndarray, y: np.ndarray, res: RadiusResult, exact_ran: np.ndarray,
                         errors: dict[str, str]) -> list[chk.Flag | None]:
@@ -303,12 +329,12 @@ class EnsembleAttack:
         for r in results.values():
             r.lower_bound = np.minimum(lb, r.distance)
         out = FixedEpsResult(eps=eps_arr, results=results, clean_correct=~clean_wrong, norm=norm, attacks_used=used,
-                             attack_times=times, rejected=rejected)
+                             attack_times=times, rejected=rejected, path=self._path(used))
         for r in results.values():
             r.rejected = rejected
             r.wall_time = time.perf_counter() - t0
         flags: list[chk.Flag | None] = [chk.non_monotone(eps_arr, out.robust_accuracy), chk.rejected_candidates(rejected),
-                                        chk.attack_failures(errors)]
+                                        chk.attack_failures(errors), self._black_box_only(model, out.path)]
         if self.checks:
             flags += chk.model_checks(model, X, y)
             if wb_robust_before is not None:

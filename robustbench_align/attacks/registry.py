@@ -11,13 +11,13 @@ from __future__ import annotations
 import importlib
 import inspect
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
 from ..errors import AttackError
-from .base import Attack, check_norm, lookup
+from .base import Attack, check_norm, lookup, strongest_path
 
 log = logging.getLogger(__name__)
 
@@ -248,6 +248,25 @@ def _applicable_spec(name: str, model: Any, norm: str) -> bool:
     return all(c.requires <= caps and norm in c.norms for c in classes)
 
 
+def attack_path(names: Iterable[str]) -> str:
+    """The strongest path ("exact", "gradient", "black-box"; see `path_of`) among registered attack names,
+    e.g. a run's stored `attacks` list ("fmn#2" counts as "fmn"); names the registry does not know are ignored."""
+    paths = []
+    for label in names:
+        key = str(label).strip().split("#")[0].lower()
+        if key not in _ATTACKS:
+            continue
+        spec = _ATTACKS[key]
+        try:
+            cls = _load_class(spec)
+            inner = _load_class(_spec(spec.wraps)) if spec.wraps else None
+        except _Unavailable:
+            continue
+        paths.append("exact" if cls.exact or (inner is not None and inner.exact) else
+                     "gradient" if "torch_logits" in (inner or cls).requires else "black-box")
+    return strongest_path(paths)
+
+
 def applicable_attacks(model: Any, norm: str) -> list[str]:
     """Registered, available attacks whose required capabilities the model has and that support `norm`."""
     from ..models.base import wrap
@@ -414,7 +433,24 @@ def fixed_inner(name: str) -> str | None:
 
 
 __all__ = [
-    "COMMON_KWARGS", "EFFORTS", "EPS_GRIDS", "PAPER_EPS", "AttackSpec", "ThreatModel", "applicable_attacks", "attack_kwargs",
-    "build_attack", "default_eps_grid", "default_threat", "fixed_inner", "get_attack", "get_threat_model", "is_available",
-    "list_attacks", "list_threat_models", "register_attack", "unregister_attack",
+    "COMMON_KWARGS",
+    "EFFORTS",
+    "EPS_GRIDS",
+    "PAPER_EPS",
+    "AttackSpec",
+    "ThreatModel",
+    "applicable_attacks",
+    "attack_kwargs",
+    "attack_path",
+    "build_attack",
+    "default_eps_grid",
+    "default_threat",
+    "fixed_inner",
+    "get_attack",
+    "get_threat_model",
+    "is_available",
+    "list_attacks",
+    "list_threat_models",
+    "register_attack",
+    "unregister_attack",
 ]

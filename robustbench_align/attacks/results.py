@@ -22,9 +22,11 @@ class RadiusResult(AttackResult):
 
     per_attack[name] holds each attack's own verified distances (NaN where it did not run, inf
     where it found nothing); attack_times its wall time; clean_correct the clean correctness.
+    path: the strongest kind of attack that ran ("exact", "gradient" or "black-box"; see `attack_path`).
     """
 
     clean_correct: np.ndarray | None = None
+    path: str = ""
     attacks_used: list[str] = field(default_factory=list)
     attack_times: dict[str, float] = field(default_factory=dict)
     attack_rejected: dict[str, int] = field(default_factory=dict)
@@ -106,6 +108,7 @@ class FixedEpsResult:
     attack_times: dict[str, float] = field(default_factory=dict)
     rejected: int = 0
     flags: dict[str, str] = field(default_factory=dict)
+    path: str = ""
 
     def robust(self, eps: float) -> np.ndarray:
         """Per-point: True where no verified adversarial within eps was found."""

@@ -132,6 +132,8 @@ class Model:
     """
 
     name: str = "model"
+    # why a stronger attack path was refused for this model (e.g. "exact path refused: categorical splits"), or None
+    path_note: str | None = None
 
     # --- required -----------------------------------------------------------------
     @property
@@ -252,13 +254,14 @@ class WrappedModel(Model):
 class Tree:
     """One decision tree in array form. Node 0 is the root.
 
-    feature[i] = -1 and left/right[i] = -1 mark a leaf. threshold is float32 and exact for the
-    ensemble's comparison rule (see TreeEnsemble.strict). value[i] is the leaf's output vector
-    (length n_outputs, already scaled by any learning rate); zeros at internal nodes.
+    feature[i] = -1 and left/right[i] = -1 mark a leaf. threshold has the ensemble's
+    `threshold_dtype` (float32 unless stated) and is exact for its comparison rule (see
+    TreeEnsemble.strict). value[i] is the leaf's output vector (length n_outputs, already scaled
+    by any learning rate); zeros at internal nodes.
     """
 
     feature: np.ndarray  # int64 (n_nodes,)
-    threshold: np.ndarray  # float32 (n_nodes,)
+    threshold: np.ndarray  # float32 or float64 (n_nodes,), the ensemble's threshold_dtype
     left: np.ndarray  # int64 (n_nodes,)
     right: np.ndarray  # int64 (n_nodes,)
     value: np.ndarray  # float64 (n_nodes, n_outputs)
@@ -273,7 +276,7 @@ class Tree:
         return leaf
 
     def leaf_index(self, X32: np.ndarray, strict: bool) -> np.ndarray:
-        """Node index of the leaf each row of float32 X reaches (vectorised over rows)."""
+        """Node index of the leaf each row of X reaches (vectorised); X already cast to the threshold dtype."""
         node = np.zeros(X32.shape[0], dtype=np.int64)
         rows = np.arange(X32.shape[0])
         active = self.left[node] >= 0
@@ -292,7 +295,9 @@ class TreeEnsemble:
     """A library-independent tree ensemble.
 
     raw(x) = bias + agg_t value_t(leaf_t(x)) with agg = sum ("sum", boosting) or mean ("mean", forests).
-    Comparisons are done on float32(x): left iff x < thr when `strict` (XGBoost) else x <= thr (scikit-learn).
+    Comparisons are done on x cast to `threshold_dtype`: float32(x) for XGBoost and scikit-learn's
+    forests/GBDT, the float64 input itself for LightGBM ("float64"); left iff x < thr when `strict`
+    (XGBoost) else x <= thr (scikit-learn, LightGBM). Thresholds are stored in that dtype.
     Decision: with n_outputs == 1, class 1 iff raw > 0 (binary margin); otherwise argmax(raw),
     ties to the lowest class index. `link` maps raw to probabilities: "logistic" (binary margin),
     "softmax" (multiclass margins) or "identity" (forests: raw already holds class probabilities).
@@ -308,13 +313,24 @@ class TreeEnsemble:
     link: Literal["logistic", "softmax", "identity"] = "softmax"
     source: str = ""
     meta: dict[str, Any] = field(default_factory=dict)
+    threshold_dtype: Literal["float32", "float64"] = "float32"
+
+    @property
+    def dtype(self) -> type[np.floating[Any]]:
+        """The numpy type inputs are cast to before comparing (np.float32 or np.float64)."""
+        return np.float64 if self.threshold_dtype == "float64" else np.float32
+
+    def cast(self, X: np.ndarray) -> np.ndarray:
+        """X as the comparison dtype (the libraries' own cast of the input)."""
+        out: np.ndarray = np.asarray(X, dtype=self.dtype)
+        return out
 
     def leaves(self, X: np.ndarray) -> np.ndarray:
-        X32 = np.asarray(X, dtype=np.float32)
+        X32 = self.cast(X)
         return np.stack([t.leaf_index(X32, self.strict) for t in self.trees], axis=1)
 
     def raw(self, X: np.ndarray) -> np.ndarray:
-        X32 = np.asarray(X, dtype=np.float32)
+        X32 = self.cast(X)
         if X32.ndim == 1:
             X32 = X32[None, :]
         acc = np.zeros((X32.shape[0], self.n_outputs), dtype=np.float64)
@@ -341,8 +357,12 @@ class TreeEnsemble:
         return argmax_rows(r)
 
     def validate(self) -> TreeEnsemble:
-        """Check structural sanity (indices in range, no cycles, finite thresholds); raise ModelError."""
+        """Check structural sanity (indices in range, no cycles, finite thresholds, float64 ones if declared); raise ModelError."""
+        if self.threshold_dtype not in ("float32", "float64"):
+            raise ModelError(f"threshold_dtype must be 'float32' or 'float64', got {self.threshold_dtype!r}")
         for ti, t in enumerate(self.trees):
+            if self.threshold_dtype == "float64" and t.threshold.dtype != np.float64:
+                raise ModelError(f"tree {ti}: thresholds are {t.threshold.dtype}, the ensemble declares float64")
             n = t.n_nodes
             if n == 0:
                 raise ModelError(f"tree {ti} has no nodes; the model file is malformed")

@@ -15,6 +15,8 @@ import logging
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -136,11 +138,31 @@ def load_model(path: str | os.PathLike[str], *, trust_pickle: bool = False, name
         with path.open("rb") as fh:
             return wrap(pickle.load(fh), name=name or path.stem)  # noqa: S301 - explicitly trusted by the caller
     suffix = path.suffix.lower()
-    if suffix == ".json":
-        return _load_xgboost_json(path, name)
-    if suffix == ".skops":
-        return _load_skops(path, name)
-    raise ModelError(f"cannot load {path.name!r}: accepted formats are a saved model directory, an XGBoost .json file or a scikit-learn .skops file")
+    for fmt in FILE_FORMATS:
+        if suffix in fmt.suffixes and (fmt.sniff is None or fmt.sniff(path)):
+            return fmt.load(path, name)
+    accepted = ", ".join(f.description for f in FILE_FORMATS)
+    raise ModelError(f"cannot load {path.name!r}: accepted formats are a saved model directory, {accepted}")
+
+
+@dataclass(frozen=True)
+class FileFormat:
+    """A model file format `load_model` (and `rba evaluate FILE`) accepts: tried in order, the first whose
+    suffix matches and whose `sniff(path)` (None: always) accepts the file loads it with `load(path, name)`."""
+
+    name: str
+    suffixes: tuple[str, ...]
+    load: Callable[[Path, str | None], Model]
+    description: str
+    sniff: Callable[[Path], bool] | None = None
+
+
+def register_file_format(fmt: FileFormat, *, before: str | None = None) -> None:
+    """Add a model file format (before the entry named `before`, else at the end)."""
+    if any(f.name == fmt.name for f in FILE_FORMATS):
+        raise ModelError(f"register_file_format: a format named {fmt.name!r} exists already")
+    idx = next((i for i, f in enumerate(FILE_FORMATS) if f.name == before), len(FILE_FORMATS))
+    FILE_FORMATS.insert(idx, fmt)
 
 
 def _load_dir(path: Path, name: str | None) -> FittedModel:
@@ -312,3 +334,9 @@ def _accepts_val(est: Any) -> bool:
         return "X_val" in inspect.signature(est.fit).parameters
     except (TypeError, ValueError):  # pragma: no cover
         return False
+
+
+# The file formats, in the order they are tried (one line per format; sniffers tell apart formats sharing a suffix).
+FILE_FORMATS: list[FileFormat] = []
+register_file_format(FileFormat("xgboost-json", (".json",), lambda p, n: _load_xgboost_json(p, n), "an XGBoost .json file"))
+register_file_format(FileFormat("skops", (".skops",), lambda p, n: _load_skops(p, n), "a scikit-learn .skops file"))

@@ -111,7 +111,8 @@ def to_json_rows(board: pd.DataFrame) -> list[dict[str, Any]]:
     for _, r in board.iterrows():
         eps = sorted([c.split("@", 1)[1] for c in board.columns if c.startswith("robust_acc@") and not pd.isna(r[c])], key=float)
         rows.append({
-            "name": r["model"], "model": r["model"], "family": r.get("family"), "dataset": r["dataset"], "threat_model": r["threat"],
+            "name": r["model"], "model": r["model"], "family": r.get("family"), "path": r.get("path"), "dataset": r["dataset"],
+            "threat_model": r["threat"],
             "rank": _num(r.get("rank")), "clean_acc": _num(r.get("clean_accuracy")),
             "eps": [float(e) for e in eps], "robust_acc": {e: _num(r[f"robust_acc@{e}"]) for e in eps},
             "median_radius": _num(r.get("median_radius")), "auc": _num(r.get("auc")), "certified_fraction": _num(r.get("certified")),

@@ -12,6 +12,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from ..attacks.base import strongest_path
+from ..attacks.registry import attack_path
 from ..metrics.registry import LEADERBOARD_METRICS, OVERALL_METRICS
 
 
@@ -65,6 +67,7 @@ def per_run(runs: pd.DataFrame, points: pd.DataFrame) -> pd.DataFrame:
             c = m.name
             row[c] = float(getattr(pd.to_numeric(p[c], errors="coerce"), m.aggregate)()) if c in p and p[c].notna().any() else np.nan
         row["attacks"] = ", ".join(run["attacks"]) if isinstance(run.get("attacks"), list) else (run.get("attacks") or "")
+        row["path"] = attack_path(a.strip() for a in row["attacks"].split(",") if a.strip())
         flags = run.get("flags")
         row["flags"] = ", ".join(sorted(flags)) if isinstance(flags, dict) else (flags or "")
         row["rejected"] = run.get("rejected")
@@ -88,16 +91,16 @@ def leaderboard_from_frames(runs: pd.DataFrame, points: pd.DataFrame, dataset: s
         pr = pr[pr["dataset"] == dataset]
     if threat is not None:
         pr = pr[pr["threat"] == threat]
-    num = [c for c in pr.columns if c not in ("run_id", "model", "family", "dataset", "threat", "norm", "attacks", "flags", "seed")]
+    num = [c for c in pr.columns if c not in ("run_id", "model", "family", "dataset", "threat", "norm", "attacks", "path", "flags", "seed")]
     agg: dict[str, Any] = dict.fromkeys(num, "mean")
-    agg.update({"family": "first", "norm": "first", "attacks": lambda s: ", ".join(sorted({a.strip() for x in s for a in str(x).split(",") if a.strip()})),
+    agg.update({"family": "first", "norm": "first", "path": strongest_path, "attacks": lambda s: ", ".join(sorted({a.strip() for x in s for a in str(x).split(",") if a.strip()})),
                 "flags": lambda s: ", ".join(sorted({a.strip() for x in s for a in str(x).split(",") if a.strip()})), "seed": "count"})
     g = pr.groupby(["dataset", "threat", "model"], as_index=False).agg(agg).rename(columns={"seed": "seeds"})
     g["score"] = _rank_key(g)
     g["rank"] = g.groupby(["dataset", "threat"])["score"].rank(ascending=False, method="min")
     g = g.sort_values(["dataset", "threat", "rank", "clean_accuracy"], ascending=[True, True, True, False])
     rob = sorted([c for c in g.columns if c.startswith("robust_acc@")], key=lambda c: float(c.split("@")[1]))
-    cols = ["dataset", "threat", "rank", "model", "family", "clean_accuracy", *rob, "median_radius", "auc", "certified",
+    cols = ["dataset", "threat", "rank", "model", "family", "path", "clean_accuracy", *rob, "median_radius", "auc", "certified",
             *[m.name for m in LEADERBOARD_METRICS], "attacks", "flags", "rejected", "fit_time", "eval_time", "seeds", "n_points"]
     out = g[[c for c in cols if c in g.columns]].reset_index(drop=True)
     out["rank"] = out["rank"].astype(int)
