@@ -53,12 +53,13 @@ FAST: dict[str, dict[str, Any]] = {
 
 @pytest.fixture(scope="module")
 def models() -> dict[str, tuple[Model, np.ndarray, np.ndarray]]:
-    """A tiny torch MLP, a small random forest and a black box, each with points and labels.
+    """A tiny torch MLP, a small random forest, a black box and a logistic regression, each with points and labels.
 
     Labels are the model's own predictions except for the last point, which is deliberately
     misclassified (its distance must be 0).
     """
     from sklearn.ensemble import RandomForestClassifier
+    from sklearn.linear_model import LogisticRegression
 
     X, y = tabular_data(160, D, K, seed=3)
     torch.manual_seed(0)
@@ -72,8 +73,9 @@ def models() -> dict[str, tuple[Model, np.ndarray, np.ndarray]]:
     mlp = wrap(net, name="tiny-mlp")
     rf = wrap(RandomForestClassifier(n_estimators=4, max_depth=3, random_state=0).fit(X[:120], y[:120]), name="tiny-rf")
     box = wrap(lambda Z: mlp.predict_proba(Z), n_features=D, name="tiny-box")
+    lin = wrap(LogisticRegression(max_iter=500).fit(X[:120], y[:120]), name="tiny-logistic")  # the "linear" capability
     out = {}
-    for key, m in (("torch_logits", mlp), ("tree_ensemble", rf), ("predict_proba", box)):
+    for key, m in (("torch_logits", mlp), ("tree_ensemble", rf), ("predict_proba", box), ("linear", lin)):
         Xe = X[120:120 + N].copy()
         ye = m.predict(Xe)
         ye[-1] = (ye[-1] + 1) % K
@@ -82,7 +84,7 @@ def models() -> dict[str, tuple[Model, np.ndarray, np.ndarray]]:
 
 
 def _model_for(attack: Attack, models: dict[str, tuple[Model, np.ndarray, np.ndarray]]) -> tuple[Model, np.ndarray, np.ndarray]:
-    for cap in ("tree_ensemble", "torch_logits"):
+    for cap in ("linear", "tree_ensemble", "torch_logits"):
         if cap in attack.requires:
             return models[cap]
     return models["predict_proba"]

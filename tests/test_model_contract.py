@@ -14,13 +14,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import catboost
+import lightgbm as lgb
 import numpy as np
 import pytest
 import torch
 import xgboost as xgb
 from sklearn.base import clone
-from sklearn.ensemble import RandomForestClassifier
+from sklearn.ensemble import HistGradientBoostingClassifier, RandomForestClassifier
 from sklearn.linear_model import LogisticRegression
+from sklearn.neighbors import KNeighborsClassifier
+from sklearn.neural_network import MLPClassifier
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+from sklearn.svm import SVC, NuSVC
 
 from robustbench_align.errors import ModelError
 from robustbench_align.models.adapters import find_adapter, list_adapters, register_adapter, unregister_adapter
@@ -39,7 +46,7 @@ FAST: dict[str, dict[str, Any]] = {
     "random-forest": {"n_estimators": 5},
     "gradient-boosting": {"n_estimators": 5},
 }
-KNOWN_CAPABILITIES = {"predict_proba", "torch_logits", "tree_ensemble"}
+KNOWN_CAPABILITIES = {"predict_proba", "torch_logits", "tree_ensemble", "linear"}
 
 
 # --------------------------------------------------------------------------------------------
@@ -111,6 +118,7 @@ class Case:
 
 TREES = frozenset({"predict_proba", "tree_ensemble"})
 GRADIENTS = frozenset({"predict_proba", "torch_logits"})
+LINEAR = frozenset({"predict_proba", "torch_logits", "linear"})
 
 
 def _registry_case(name: str) -> Case:
@@ -150,6 +158,30 @@ def _softmax_function(W: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
     return predict_proba
 
 
+def _save_lgb(clf: Any, where: Path) -> Path:
+    path = where / "model.txt"
+    clf.booster_.save_model(str(path))
+    return path
+
+
+def _save_catboost(clf: Any, where: Path) -> Path:
+    path = where / "model.cbm"
+    clf.save_model(str(path))
+    return path
+
+
+def _onnx_proto(est: Any, X: np.ndarray) -> Any:
+    import skl2onnx
+
+    return skl2onnx.to_onnx(est, X[:1].astype(np.float32), options={"zipmap": False})
+
+
+def _save_onnx(proto: Any, where: Path) -> Path:
+    path = where / "model.onnx"
+    path.write_bytes(proto.SerializeToString())
+    return path
+
+
 def _save_skops(est: Any, where: Path) -> Path:
     import skops.io as sio
 
@@ -162,7 +194,25 @@ ADAPTER_CASES = [
     Case("wrap:model", lambda X, y, k: build("mlp", **FAST["mlp"]).fit(X, y), save=lambda m, p: save_model(m, p / "m"), entry="model",
          capabilities=GRADIENTS),
     Case("wrap:torch", _torch_module, entry="torch", capabilities=GRADIENTS),
-    Case("wrap:logistic-regression", lambda X, y, k: LogisticRegression(max_iter=500).fit(X, y), save=_save_skops, entry="sklearn"),
+    Case("wrap:logistic-regression", lambda X, y, k: LogisticRegression(max_iter=500).fit(X, y), save=_save_skops, entry="sklearn-linear",
+         capabilities=LINEAR),
+    Case("wrap:knn", lambda X, y, k: KNeighborsClassifier(5).fit(X, y), save=_save_skops, entry="sklearn"),
+    Case("wrap:histgb", lambda X, y, k: HistGradientBoostingClassifier(max_iter=5, max_depth=3, random_state=0).fit(X, y),
+         save=_save_skops, entry="sklearn", capabilities=TREES),
+    Case("wrap:sklearn-mlp", lambda X, y, k: MLPClassifier((8,), max_iter=50, random_state=0).fit(X, y), save=_save_skops,
+         entry="sklearn-mlp", capabilities=GRADIENTS),
+    Case("wrap:svc", lambda X, y, k: SVC(kernel="rbf").fit(X, y), save=_save_skops, entry="sklearn-svc", capabilities=GRADIENTS),
+    Case("wrap:nusvc", lambda X, y, k: NuSVC(kernel="poly", nu=0.3).fit(X, y), save=_save_skops, entry="sklearn-nusvc",
+         capabilities=GRADIENTS),
+    Case("wrap:pipeline", lambda X, y, k: make_pipeline(StandardScaler(), LogisticRegression(max_iter=500)).fit(X, y), save=_save_skops,
+         entry="sklearn-pipeline", capabilities=LINEAR),
+    Case("wrap:lightgbm", lambda X, y, k: lgb.LGBMClassifier(n_estimators=10, num_leaves=7, n_jobs=1, verbose=-1).fit(X, y),
+         save=_save_lgb, entry="lightgbm", capabilities=TREES),
+    Case("wrap:catboost", lambda X, y, k: catboost.CatBoostClassifier(iterations=10, depth=3, thread_count=1, allow_writing_files=False,
+                                                                      verbose=False, random_seed=0).fit(X, y),
+         save=_save_catboost, entry="catboost", capabilities=TREES),
+    Case("wrap:onnx", lambda X, y, k: _onnx_proto(LogisticRegression(max_iter=500).fit(X, y), X), save=_save_onnx, entry="onnx",
+         capabilities=GRADIENTS),
     Case("wrap:random-forest", lambda X, y, k: RandomForestClassifier(n_estimators=5, max_depth=4, random_state=0).fit(X, y),
          save=_save_skops, entry="sklearn", capabilities=TREES),
     Case("wrap:xgb-classifier", lambda X, y, k: xgb.XGBClassifier(n_estimators=5, max_depth=3, n_jobs=1, random_state=0).fit(X, y),

@@ -13,6 +13,7 @@ from sklearn.datasets import load_breast_cancer, load_wine
 from sklearn.ensemble import ExtraTreesClassifier, GradientBoostingClassifier, RandomForestClassifier
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import train_test_split
+from sklearn.neighbors import KNeighborsClassifier
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.svm import SVC
@@ -452,8 +453,10 @@ def test_wrap_black_box_and_label_mapping(data):
     Xw, Xwt, yw, _ = data["multi"]
     names = np.array(["c", "a", "b"])[yw]  # classes_ sorted: a, b, c
     lr = make_pipeline(StandardScaler(), LogisticRegression()).fit(Xw, names)
-    m = wrap(lr)
-    assert m.capabilities == frozenset({"predict_proba"}) and m.n_classes == 3 and m.n_features == 13
+    m = wrap(lr)  # the scaler is folded in: the pipeline reaches the exact linear path in raw feature space
+    assert m.capabilities == frozenset({"predict_proba", "torch_logits", "linear"}) and m.n_classes == 3 and m.n_features == 13
+    box = wrap(make_pipeline(StandardScaler(), KNeighborsClassifier(3)).fit(Xw, names))
+    assert box.capabilities == frozenset({"predict_proba"}) and box.path_note
     idx = m.predict(Xwt)
     np.testing.assert_array_equal(lr.classes_[idx], lr.predict(Xwt))
     np.testing.assert_array_equal(idx, np.argmax(m.predict_proba(Xwt), axis=1))
@@ -468,8 +471,10 @@ def test_wrap_unfitted_and_unusable_objects(data):
     for obj in (RandomForestClassifier(), GradientBoostingClassifier(), xgb.XGBClassifier(), LogisticRegression(), xgb.Booster()):
         with pytest.raises(ModelError, match=r"fit|train"):
             wrap(obj)
-    with pytest.raises(ModelError, match="predict_proba"):
-        wrap(SVC().fit(Xb[:100], yb[:100]))
+    svc = wrap(SVC().fit(Xb[:100], yb[:100]))  # no predict_proba of its own: the decision values reach the gradient path
+    assert "torch_logits" in svc.capabilities
+    pre = wrap(SVC(kernel="precomputed").fit(Xb[:100] @ Xb[:100].T, yb[:100]))  # a kernel the gradient path cannot express
+    assert pre.capabilities == frozenset({"predict_proba"}) and "precomputed" in str(pre.path_note)
     with pytest.raises(ModelError, match="not a classifier"):
         wrap(xgb.XGBRegressor(n_estimators=2).fit(Xb, yb))
     # a finite 'missing' value would be routed by default_left, which the parse ignores

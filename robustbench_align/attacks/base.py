@@ -363,8 +363,17 @@ class Attack(ABC):  # noqa: B024 - the abstract methods are declared by MinimalA
         """True when the attack's optional backend is installed here (override when there is one)."""
         return True
 
+    @classmethod
+    def refuses(cls, model: Model) -> str | None:
+        """Why this attack cannot run on this particular model although it has the capabilities (None: it can).
+
+        Override when the capability is not enough (e.g. Veritas needs float32 split thresholds); threat models then
+        skip the attack for that model instead of recording a failure.
+        """
+        return None
+
     def applicable(self, model: Model, norm: str | Norm) -> bool:
-        return self.requires <= model.capabilities and Norm.of(norm).name in self.norms
+        return self.requires <= model.capabilities and Norm.of(norm).name in self.norms and self.refuses(model) is None
 
     def check_applicable(self, model: Model, norm: str | Norm, label: str | None = None) -> Norm:
         """The Norm, after checking the attack supports it and the model has what it needs; AttackError otherwise."""

@@ -59,6 +59,7 @@ _ATTACKS: dict[str, AttackSpec] = {
         AttackSpec("milp", "trees.milp:KantchelianMILP", {},
                    "Kantchelian et al. 2016 MILP via HiGHS; exact linf/l2/l1 with certified lower bounds, tree ensembles"),
         AttackSpec("hsj", "decision:HopSkipJump", {}, "HopSkipJump (Chen et al. 2020); decision-based, linf/l2, any model with predict"),
+        AttackSpec("linear", "linear:LinearExact", {}, "closed-form exact minimal radius of a linear classifier; linf/l2/l1"),
     )
 }
 
@@ -245,7 +246,7 @@ def _applicable_spec(name: str, model: Any, norm: str) -> bool:
     except _Unavailable:
         return False
     caps = model.capabilities
-    return all(c.requires <= caps and norm in c.norms for c in classes)
+    return all(c.requires <= caps and norm in c.norms for c in classes) and all(c.refuses(model) is None for c in classes)
 
 
 def attack_path(names: Iterable[str]) -> str:
@@ -364,6 +365,7 @@ _THREATS: dict[str, ThreatModel] = {
         ThreatModel(
             "linf", "linf", "minimal",
             attacks=(
+                ("linear", {}),  # closed-form exact (linear classifiers): certifies every point, the rest skip them
                 ("fmn|pgd-bisect", {}),  # fast first pass (torch)
                 ("fab", {}),
                 ("pgd-refine", {}),  # margin-PGD just below the radii found so far (torch, cheap)
@@ -380,6 +382,7 @@ _THREATS: dict[str, ThreatModel] = {
         ThreatModel(
             "l2", "l2", "minimal",
             attacks=(
+                ("linear", {}),  # closed-form exact (linear classifiers)
                 ("deepfool", {}),  # fast first pass (torch)
                 ("fmn|pgd-bisect", {}),
                 ("fab", {}),
@@ -395,7 +398,7 @@ _THREATS: dict[str, ThreatModel] = {
         ),
         ThreatModel(
             "l1", "l1", "minimal",
-            attacks=(("fmn", {}), ("fab", {}), ("milp", {})),
+            attacks=(("linear", {}), ("fmn", {}), ("fab", {}), ("milp", {})),
             eps=EPS_GRIDS["l1"],
             description="minimal l1 radius: FMN/FAB for torch, MILP for trees (no decision-based l1 attack)",
         ),
@@ -404,7 +407,7 @@ _THREATS: dict[str, ThreatModel] = {
             attacks=(("paper-pgd", {}),),
             eps=PAPER_EPS,
             description="the paper's protocol: 20-step linf PGD at eps 0.1, 1, 2 (robust accuracy at those eps only)",
-            fallback=(("veritas", {}), ("milp", {}), ("hsj", {})),
+            fallback=(("linear", {}), ("veritas", {}), ("milp", {}), ("hsj", {})),
             carry_over=False,
         ),
     )

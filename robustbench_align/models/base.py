@@ -159,8 +159,8 @@ class Model:
     def capabilities(self) -> frozenset[str]:
         """"predict_proba" plus the optional capability methods this model defines."""
         caps = {"predict_proba"}
-        for cap in ("torch_logits", "tree_ensemble"):
-            if callable(getattr(self, cap, None)):
+        for cap, method in (("torch_logits", "torch_logits"), ("tree_ensemble", "tree_ensemble"), ("linear", "linear_scores")):
+            if callable(getattr(self, method, None)):
                 caps.add(cap)
         return frozenset(caps)
 

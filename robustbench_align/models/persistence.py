@@ -225,6 +225,11 @@ def _load_xgboost_json(path: Path, name: str | None) -> Model:
     return model
 
 
+def _lgb() -> Any:
+    """The LightGBM adapter module (its loaders and sniffers), imported only when a .json/.txt file arrives."""
+    return importlib.import_module("robustbench_align.models.adapters.lightgbm")
+
+
 def _load_skops(path: Path, name: str | None) -> Model:
     """A wrapped scikit-learn estimator from a .skops file, trusting only scikit-learn classes."""
     try:
@@ -340,3 +345,10 @@ def _accepts_val(est: Any) -> bool:
 FILE_FORMATS: list[FileFormat] = []
 register_file_format(FileFormat("xgboost-json", (".json",), lambda p, n: _load_xgboost_json(p, n), "an XGBoost .json file"))
 register_file_format(FileFormat("skops", (".skops",), lambda p, n: _load_skops(p, n), "a scikit-learn .skops file"))
+register_file_format(FileFormat("lightgbm-json", (".json",), lambda p, n: _lgb().load_lightgbm_json(p, n), "a LightGBM JSON dump (.json)",
+    lambda p: _lgb().sniff_lightgbm_json(p)), before="xgboost-json")
+register_file_format(FileFormat("lightgbm-text", (".txt",), lambda p, n: _lgb().load_lightgbm_text(p, n), "a LightGBM .txt model",
+    lambda p: _lgb().sniff_lightgbm_text(p)))
+register_file_format(FileFormat("catboost", (".cbm", ".json"), lambda p, n: importlib.import_module(".adapters.catboost", __package__).load_file(p, n),
+    "a CatBoost .cbm or .json file", lambda p: importlib.import_module(".adapters.catboost", __package__).sniff_file(p)), before="xgboost-json")
+register_file_format(FileFormat("onnx", (".onnx",), lambda p, n: importlib.import_module(".adapters.onnx", __package__).load_onnx(p, n), "an ONNX .onnx file"))

@@ -38,7 +38,7 @@ class FlatEnsemble:
             leaf = t.is_leaf
             own = np.arange(t.n_nodes) + o
             feat.append(np.where(leaf, 0, t.feature))
-            thr.append(np.where(leaf, np.float32(0), t.threshold).astype(np.float32))
+            thr.append(np.where(leaf, 0, t.threshold).astype(ens.dtype))
             left.append(np.where(leaf, own, t.left + o))
             right.append(np.where(leaf, own, t.right + o))
             val.append(t.value)
@@ -52,12 +52,13 @@ class FlatEnsemble:
         self.roots = offs[:-1]
         self.depth = depth
         self.strict = ens.strict
+        self.dtype = ens.dtype
         self.bias = np.asarray(ens.bias, dtype=np.float64).reshape(-1)
         self.n_outputs = ens.n_outputs
 
     def raw(self, X: np.ndarray) -> np.ndarray:
-        """Raw outputs (n, n_outputs) of the rows of X, compared in float32 like the libraries."""
-        X32 = np.asarray(X, dtype=np.float32)
+        """Raw outputs (n, n_outputs) of the rows of X, compared in the ensemble's dtype like the libraries."""
+        X32 = np.asarray(X, dtype=self.dtype)
         node = np.broadcast_to(self.roots, (X32.shape[0], self.roots.size)).copy()
         rows = np.arange(X32.shape[0])[:, None]
         for _ in range(self.depth):

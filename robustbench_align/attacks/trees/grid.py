@@ -1,10 +1,12 @@
-"""The float32 threshold grid: where along each feature a point can move, and what the move costs.
+"""The threshold grid: where along each feature a point can move, and what the move costs.
 
 Tree libraries compare float32(x) against float32 thresholds, with `<` (XGBoost, `strict`) or
-`<=` (scikit-learn). Along one feature the distinct thresholds cut the line into intervals. A
-coordinate that has to move into another interval moves to the closest float32 value inside it
-(the threshold itself or its float32 neighbour, depending on the side and the comparison); an
-unmoved coordinate keeps its exact value. The exact attacks search over such points only.
+`<=` (scikit-learn); LightGBM compares the float64 input against float64 thresholds with `<=`
+(the ensemble's `threshold_dtype`). Along one feature the distinct thresholds cut the line into
+intervals. A coordinate that has to move into another interval moves to the closest value of the
+comparison dtype inside it (the threshold itself or its neighbour in that dtype, depending on the
+side and the comparison); an unmoved coordinate keeps its exact value. The exact attacks search
+over such points only.
 """
 from __future__ import annotations
 
@@ -31,6 +33,18 @@ def prev32(v: Any) -> np.float32:
     return out
 
 
+def next_up(v: Any, dtype: type[np.floating[Any]] = np.float32) -> np.floating[Any]:
+    """The next value of `dtype` above dtype(v) (next32 for float32)."""
+    out: np.floating[Any] = np.nextafter(dtype(v), dtype(np.inf))
+    return out
+
+
+def next_down(v: Any, dtype: type[np.floating[Any]] = np.float32) -> np.floating[Any]:
+    """The next value of `dtype` below dtype(v) (prev32 for float32)."""
+    out: np.floating[Any] = np.nextafter(dtype(v), dtype(-np.inf))
+    return out
+
+
 def point_distance(x: np.ndarray, xa: np.ndarray, norm: Norm) -> float:
     """The norm of xa - x for one point (a 1-D vector), in float64.
 
@@ -42,37 +56,40 @@ def point_distance(x: np.ndarray, xa: np.ndarray, norm: Norm) -> float:
 
 
 class Grid:
-    """Distinct float32 thresholds per feature (sorted) with a global predicate numbering.
+    """Distinct thresholds per feature (sorted, in the comparison dtype) with a global predicate numbering.
 
     Predicate r of feature f is "x_f goes left of thr_f[r]"; interval i of feature f lies between
-    thresholds i-1 and i (interval 0 below all, interval m above all).
+    thresholds i-1 and i (interval 0 below all, interval m above all). `dtype` is the ensemble's
+    comparison type (np.float32, or np.float64 for LightGBM): neighbours are taken in it.
     """
 
-    def __init__(self, per_feature: dict[int, np.ndarray], strict: bool) -> None:
+    def __init__(self, per_feature: dict[int, np.ndarray], strict: bool, dtype: type[np.floating[Any]] = np.float32) -> None:
         self.strict = strict
+        self.dtype = dtype
+        inf = dtype(np.inf)
         self.features = sorted(f for f, v in per_feature.items() if len(v))
-        self.thr = [np.unique(np.asarray(per_feature[f], dtype=np.float32)) for f in self.features]
+        self.thr = [np.unique(np.asarray(per_feature[f], dtype=dtype)) for f in self.features]
         sizes = [len(t) for t in self.thr]
         self.offset = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
         self.n_pred = int(self.offset[-1])
-        # split values for engines that only know "x < s": s = thr (strict) or next float32 (<=)
-        self.split = [t if strict else np.nextafter(t, F32_INF) for t in self.thr]
+        # split values for engines that only know "x < s": s = thr (strict) or the next value (<=)
+        self.split = [t if strict else np.nextafter(t, inf) for t in self.thr]
         self._index = {f: i for i, f in enumerate(self.features)}
 
     @classmethod
-    def of_trees(cls, trees: Sequence[Tree], strict: bool) -> Grid:
-        """The grid of every split threshold in `trees`."""
+    def of_trees(cls, trees: Sequence[Tree], strict: bool, dtype: type[np.floating[Any]] = np.float32) -> Grid:
+        """The grid of every split threshold in `trees` (compared in `dtype`)."""
         per: dict[int, list[np.ndarray]] = {}
         for t in trees:
             internal = t.left >= 0
             for f in np.unique(t.feature[internal]):
                 per.setdefault(int(f), []).append(t.threshold[internal & (t.feature == f)])
-        return cls({f: np.concatenate(v) for f, v in per.items()}, strict)
+        return cls({f: np.concatenate(v) for f, v in per.items()}, strict, dtype)
 
-    def pred_index(self, f: int, thr: np.float32) -> int:
+    def pred_index(self, f: int, thr: np.floating[Any]) -> int:
         """The global number of the predicate "x_f goes left of thr"."""
         i = self._index[f]
-        r = int(np.searchsorted(self.thr[i], np.float32(thr)))
+        r = int(np.searchsorted(self.thr[i], self.dtype(thr)))
         return int(self.offset[i]) + r
 
     def intervals(self, x: np.ndarray) -> tuple[list[int], list[np.ndarray], list[np.ndarray]]:
@@ -80,10 +97,11 @@ class Grid:
         j0s: list[int] = []
         pts: list[np.ndarray] = []
         dists: list[np.ndarray] = []
+        inf = self.dtype(np.inf)
         for i, f in enumerate(self.features):
             t = self.thr[i]
             xf = float(x[f])
-            x32 = np.float32(xf)
+            x32 = self.dtype(xf)
             m = len(t)
             j0 = int(np.searchsorted(t, x32, side="right" if self.strict else "left"))
             idx = np.arange(m + 1)
@@ -91,9 +109,9 @@ class Grid:
             c = np.empty(m + 1, dtype=np.float64)
             if self.strict:  # right of "x < t" starts at t; left of it ends just below t
                 c[up] = t[idx[up] - 1]
-                c[down] = np.nextafter(t[idx[down]], -F32_INF)
+                c[down] = np.nextafter(t[idx[down]], -inf)
             else:  # right of "x <= t" starts just above t; left of it ends at t
-                c[up] = np.nextafter(t[idx[up] - 1], F32_INF)
+                c[up] = np.nextafter(t[idx[up] - 1], inf)
                 c[down] = t[idx[down]]
             c[j0] = xf
             d = np.abs(c - xf)
@@ -112,4 +130,4 @@ class Grid:
         return out
 
 
-__all__ = ["F32_INF", "Grid", "next32", "point_distance", "prev32"]
+__all__ = ["F32_INF", "Grid", "next32", "next_down", "next_up", "point_distance", "prev32"]

@@ -48,7 +48,7 @@ def _leaves_under(t: Tree, leaf_col: dict[int, int]) -> dict[int, list[int]]:
 class MilpStructure:
     """The point-independent part of the MILP for one target: predicates, leaves, tree constraints.
 
-    Variables: p (binary, one per distinct (feature, float32 threshold) of the trees that matter
+    Variables: p (binary, one per distinct (feature, threshold) of the trees that matter
     for this target; p = 1 means "goes left"), l (continuous leaf indicators), b (linf bound).
     """
 
@@ -63,7 +63,7 @@ class MilpStructure:
             else:
                 active.append((t, w))
         self.c0 = c0
-        self.grid = Grid.of_trees([t for t, _ in active], ens.strict)
+        self.grid = Grid.of_trees([t for t, _ in active], ens.strict, ens.dtype)
         n_p = self.grid.n_pred
         rows: list[int] = []
         cols: list[int] = []
@@ -234,7 +234,7 @@ class MilpSolver:
 
     def __init__(self, ens: TreeEnsemble, model: Model, norm: Norm, rel_gap: float) -> None:
         self.ens, self.model, self.norm, self.rel_gap = ens, model, norm, rel_gap
-        self.grid = Grid.of_trees(list(ens.trees), ens.strict)
+        self.grid = Grid.of_trees(list(ens.trees), ens.strict, ens.dtype)
         self.flat = FlatEnsemble(ens)
         self._targets: dict[int, list[Target]] = {}
         self._structs: dict[tuple[int, int], MilpStructure] = {}
@@ -314,7 +314,7 @@ class MilpSolver:
 class KantchelianMILP(MinimalAttack):
     """Exact minimal linf/l1/l2 perturbation of a tree ensemble (Kantchelian et al. 2016), HiGHS MILP.
 
-    One binary predicate per distinct (feature, float32 threshold), thermometer-coded, leaf
+    One binary predicate per distinct (feature, threshold in the ensemble's dtype), thermometer-coded, leaf
     indicators tied to them by the tree structure, and the decision flip as a linear margin
     constraint (one MILP per alternative class, trees that cannot change that margin left out).
     The structure is built once per class pair; per point only the objective (distances of the

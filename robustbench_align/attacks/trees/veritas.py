@@ -4,7 +4,9 @@ Devos, Meert and Davis, "Versatile Verification of Tree Ensembles", ICML 2021 (t
 package): a best-first search over the leaves of an additive tree ensemble that bounds the
 maximum of its output over a box. The linf optimum is one of finitely many radii (the distances
 from x to the interval ends of the float32 grid, see `grid`), so asking "can the margin be
-reached in this box" at each radius of a bisection finds it exactly.
+reached in this box" at each radius of a bisection finds it exactly. Veritas splits on float32
+values, so a float64-threshold ensemble (LightGBM) is refused with an AttackError: the ensemble
+attack then relies on the MILP, which works in the ensemble's own dtype.
 """
 from __future__ import annotations
 
@@ -100,6 +102,14 @@ class VeritasLinf(MinimalAttack):
         self.seed = seed
 
     @classmethod
+    def refuses(cls, model: Model) -> str | None:
+        """Veritas splits in float32: an ensemble with float64 thresholds (LightGBM, HistGradientBoosting) goes to the MILP."""
+        ens = ensemble_of(model, cls.name)
+        if ens.threshold_dtype != "float32":
+            return f"veritas splits in float32 only; {model.name!r} compares {ens.threshold_dtype} thresholds (use attack 'milp')"
+        return None
+
+    @classmethod
     def available(cls) -> bool:
         """True when the optional `dtai-veritas` package imports (a real import: its compiled core can fail to load)."""
         try:
@@ -111,6 +121,8 @@ class VeritasLinf(MinimalAttack):
     def _attack(self, model: Model, X: np.ndarray, y: np.ndarray, norm: Norm) -> Candidates:
         """Solve every clean-correct point; the Veritas models of the class pairs are built once."""
         ens = ensemble_of(model, self.name)
+        if ens.threshold_dtype != "float32":
+            raise AttackError(f"veritas: {model.name!r} compares {ens.threshold_dtype} thresholds, Veritas splits in float32 only; use attack 'milp'")
         milp_solver = MilpSolver(ens, model, norm, 1e-6)
         vts: dict[tuple[int, int], _VeritasTarget] = {}
 

@@ -1,8 +1,10 @@
 """Adapter for scikit-learn classifiers (and any object with `predict_proba`): black boxes, except that
-RandomForest/ExtraTrees/GradientBoosting/DecisionTree classifiers also get `tree_ensemble()` (the tree parse hook).
+RandomForest/ExtraTrees/GradientBoosting/DecisionTree/HistGradientBoosting/AdaBoost classifiers also get
+`tree_ensemble()` (the tree parse hook).
 """
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import numpy as np
@@ -10,7 +12,9 @@ from sklearn.base import BaseEstimator
 
 from ...errors import ModelError, first_line
 from ..base import Model, TreeEnsemble, WrappedModel, argmax_rows, display_name
-from ..trees.sklearn_parse import is_sk_tree_classifier, parse_sklearn, quiet, require_sk_fitted
+from ..trees.sklearn_parse import is_sk_tree_classifier, parse_refusable, parse_sklearn, quiet, require_sk_fitted
+
+log = logging.getLogger(__name__)
 
 
 def _label_indices(classes: np.ndarray, labels: Any, who: str) -> np.ndarray:
@@ -90,7 +94,7 @@ class WrappedSklearn(WrappedModel):
 
 
 class WrappedSklearnTrees(WrappedSklearn):
-    """A fitted RandomForest/ExtraTrees/GradientBoosting/DecisionTree classifier: library predictions plus `tree_ensemble()`."""
+    """A fitted RandomForest/ExtraTrees/GradientBoosting/DecisionTree/HistGradientBoosting/AdaBoost classifier: library predictions plus `tree_ensemble()`."""
 
     def __init__(self, est: Any, name: str | None = None, n_features: int | None = None) -> None:
         super().__init__(est, name=name, n_features=n_features)
@@ -104,9 +108,24 @@ class WrappedSklearnTrees(WrappedSklearn):
 
 
 def wrap_sklearn(obj: Any, name: str | None = None, n_features: int | None = None) -> Model:
-    """A Model for a fitted scikit-learn classifier: tree ensembles get tree_ensemble(), others are black boxes."""
+    """A Model for a fitted scikit-learn classifier: tree ensembles get tree_ensemble(), others are black boxes.
+
+    HistGradientBoosting/AdaBoost are parsed when wrapped: a parse the model refuses (categorical
+    splits, non-tree members) leaves a black box whose `path_note` says why.
+    """
     if is_sk_tree_classifier(obj):
-        return WrappedSklearnTrees(obj, name=name, n_features=n_features)
+        model = WrappedSklearnTrees(obj, name=name, n_features=n_features)
+        if not parse_refusable(obj):
+            return model
+        try:
+            model.tree_ensemble()
+            return model
+        except ModelError as exc:
+            reason = first_line(exc, with_type=False)
+            bb = WrappedSklearn(obj, name=name, n_features=n_features)
+            bb.path_note = f"exact path refused: {reason}"
+            log.warning("%s: %s; attacked as a black box", bb.name, bb.path_note)
+            return bb
     return WrappedSklearn(obj, name=name, n_features=n_features)
 
 

@@ -19,20 +19,21 @@ EPS32 = float(np.finfo(np.float32).eps)
 N_PROBES = 256
 
 
-def probe_points(trees: tuple[Tree, ...] | list[Tree], n_features: int, n: int = N_PROBES, seed: int = 0) -> np.ndarray:
-    """Random rows whose coordinates are thresholds of the ensemble or their float32 neighbours (0 if unsplit).
+def probe_points(trees: tuple[Tree, ...] | list[Tree], n_features: int, n: int = N_PROBES, seed: int = 0,
+                 dtype: type[np.floating[Any]] = np.float32) -> np.ndarray:
+    """Random rows whose coordinates are thresholds of the ensemble or their neighbours in `dtype` (0 if unsplit).
 
     Used to measure intercepts and to check a parse against the library: rows sit exactly on
     comparison boundaries, so a wrong `<`/`<=` rule or threshold rounding changes their leaves.
-    Returned as float64 holding float32-exact values.
+    Returned as float64 holding `dtype`-exact values (the ensemble's comparison dtype).
     """
     feats = np.concatenate([t.feature[t.left >= 0] for t in trees]) if trees else np.zeros(0, np.int64)
-    thrs = np.concatenate([t.threshold[t.left >= 0] for t in trees]) if trees else np.zeros(0, np.float32)
+    thrs = np.concatenate([t.threshold[t.left >= 0] for t in trees]) if trees else np.zeros(0, dtype)
     rng = np.random.default_rng(seed)
     P = np.zeros((n, n_features), dtype=np.float64)
     for f in np.unique(feats):
-        t = np.unique(thrs[feats == f].astype(np.float32))
-        cands = np.concatenate([t, np.nextafter(t, np.float32(-np.inf)), np.nextafter(t, np.float32(np.inf))])
+        t = np.unique(thrs[feats == f].astype(dtype))
+        cands = np.concatenate([t, np.nextafter(t, dtype(-np.inf)), np.nextafter(t, dtype(np.inf))])
         cands = cands[np.isfinite(cands)]
         if cands.size:
             P[:, f] = rng.choice(cands, size=n).astype(np.float64)
@@ -41,7 +42,7 @@ def probe_points(trees: tuple[Tree, ...] | list[Tree], n_features: int, n: int =
 
 def _path_magnitude(ens: TreeEnsemble, X: np.ndarray) -> np.ndarray:
     """Per row and output: Σ_t |leaf value| (the scale that bounds float32 summation error)."""
-    X32 = np.asarray(X, dtype=np.float32)
+    X32 = ens.cast(X)
     acc = np.zeros((X32.shape[0], ens.n_outputs))
     for t in ens.trees:
         acc += np.abs(t.value[t.leaf_index(X32, ens.strict)])

@@ -19,8 +19,12 @@ ENSEMBLE_FORMAT_VERSION = 1
 
 
 def tree_ensemble_to_json(ens: TreeEnsemble) -> dict[str, Any]:
-    """A JSON-ready dict of a TreeEnsemble; thresholds and values round-trip bit-exactly."""
-    return {
+    """A JSON-ready dict of a TreeEnsemble; thresholds and values round-trip bit-exactly.
+
+    "threshold_dtype" is written for float64 ensembles only (a file without it is float32), so
+    float32 ensembles serialise as before.
+    """
+    doc: dict[str, Any] = {
         "format": ENSEMBLE_FORMAT,
         "version": ENSEMBLE_FORMAT_VERSION,
         "n_features": int(ens.n_features),
@@ -43,6 +47,9 @@ def tree_ensemble_to_json(ens: TreeEnsemble) -> dict[str, Any]:
             for t in ens.trees
         ],
     }
+    if ens.threshold_dtype != "float32":
+        doc["threshold_dtype"] = ens.threshold_dtype
+    return doc
 
 
 def tree_ensemble_from_json(doc: Any) -> TreeEnsemble:
@@ -58,6 +65,9 @@ def tree_ensemble_from_json(doc: Any) -> TreeEnsemble:
         raise ModelError(f"not a tree-ensemble JSON: expected an XGBoost model or format {ENSEMBLE_FORMAT!r}")
     if doc.get("version") != ENSEMBLE_FORMAT_VERSION:
         raise ModelError(f"tree-ensemble JSON version {doc.get('version')!r} is not supported (expected {ENSEMBLE_FORMAT_VERSION})")
+    tdtype = doc.get("threshold_dtype", "float32")
+    if tdtype not in ("float32", "float64"):
+        raise ModelError(f"tree-ensemble JSON: threshold_dtype {tdtype!r} not recognised (expected 'float32' or 'float64')")
     try:
         n_outputs = int(doc["n_outputs"])
         trees = []
@@ -70,7 +80,7 @@ def tree_ensemble_from_json(doc: Any) -> TreeEnsemble:
             if thr.shape != feature.shape:
                 raise ModelError(f"tree-ensemble JSON: tree {i} threshold has the wrong length")
             with np.errstate(over="ignore", invalid="ignore"):
-                thr32 = thr.astype(np.float32)
+                thr32 = thr if tdtype == "float64" else thr.astype(np.float32)
             left, right = int_array(tj["left"], f"tree {i} left"), int_array(tj["right"], f"tree {i} right")
             if not (left.size == right.size == feature.size):
                 raise ModelError(f"tree-ensemble JSON: tree {i} node arrays have different lengths")
@@ -84,7 +94,7 @@ def tree_ensemble_from_json(doc: Any) -> TreeEnsemble:
         ens = TreeEnsemble(
             trees=tuple(trees), n_features=int(doc["n_features"]), n_classes=int(doc["n_classes"]), n_outputs=n_outputs,
             strict=bool(doc["strict"]), bias=bias, combine=combine, link=link,  # type: ignore[arg-type]
-            source=str(doc.get("source", "")), meta=dict(doc.get("meta") or {}),
+            source=str(doc.get("source", "")), meta=dict(doc.get("meta") or {}), threshold_dtype=tdtype,
         )
     except (KeyError, TypeError, ValueError) as exc:
         if isinstance(exc, ModelError):

@@ -137,19 +137,35 @@ def parse_sklearn_gbdt(est: Any) -> TreeEnsemble:
 
 def parse_sklearn(est: Any) -> TreeEnsemble:
     """Dispatch a fitted scikit-learn tree classifier to its parser."""
-    from sklearn.ensemble import GradientBoostingClassifier
+    from sklearn.ensemble import AdaBoostClassifier, GradientBoostingClassifier, HistGradientBoostingClassifier
 
     if isinstance(est, GradientBoostingClassifier):
         return parse_sklearn_gbdt(est)
+    if isinstance(est, HistGradientBoostingClassifier):
+        from .histgb_parse import parse_sklearn_histgb
+
+        return parse_sklearn_histgb(est)
+    if isinstance(est, AdaBoostClassifier):
+        from .adaboost_parse import parse_sklearn_adaboost
+
+        return parse_sklearn_adaboost(est)
     return parse_sklearn_forest(est)
 
 
 def is_sk_tree_classifier(est: Any) -> bool:
-    """True for the scikit-learn classifiers `parse_sklearn` reads (forests, extra trees, one tree, gradient boosting)."""
+    """True for the scikit-learn classifiers `parse_sklearn` reads (forests, extra trees, one tree, gradient boosting,
+    histogram gradient boosting, AdaBoost; the last two may still refuse, see `parse_refusable`)."""
     from sklearn.ensemble import ExtraTreesClassifier, GradientBoostingClassifier, RandomForestClassifier
     from sklearn.tree import DecisionTreeClassifier
 
-    return isinstance(est, (RandomForestClassifier, ExtraTreesClassifier, DecisionTreeClassifier, GradientBoostingClassifier))
+    return isinstance(est, (RandomForestClassifier, ExtraTreesClassifier, DecisionTreeClassifier, GradientBoostingClassifier)) or parse_refusable(est)
+
+
+def parse_refusable(est: Any) -> bool:
+    """True for the types whose parse can refuse a fitted model (HistGB: categorical splits; AdaBoost: non-tree members)."""
+    from sklearn.ensemble import AdaBoostClassifier, HistGradientBoostingClassifier
+
+    return isinstance(est, (HistGradientBoostingClassifier, AdaBoostClassifier))
 
 
 def quiet(fn: Any, X: np.ndarray) -> Any:
@@ -159,4 +175,7 @@ def quiet(fn: Any, X: np.ndarray) -> Any:
         return fn(X)
 
 
-__all__ = ["float32_floor", "is_sk_tree_classifier", "parse_sklearn", "parse_sklearn_forest", "parse_sklearn_gbdt", "quiet", "require_sk_fitted"]
+__all__ = [
+    "float32_floor", "is_sk_tree_classifier", "parse_refusable", "parse_sklearn", "parse_sklearn_forest", "parse_sklearn_gbdt", "quiet",
+    "require_sk_fitted",
+]
