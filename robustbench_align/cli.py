@@ -168,14 +168,14 @@ def _load_target(target: str, trust_pickle: bool) -> tuple[Any, bool]:
 
         return wrap(obj, name=attr), False
     raise ModelError(
-        f"cannot load model {target!r}: give a registry name ({', '.join(list_models())}), an XGBoost .json file, "
-        "a .skops file, a saved model directory, or module:attr returning a torch module or estimator"
+        f"cannot load model {target!r}: give a registry name ({', '.join(list_models())}), a model file (.json, .txt, .cbm, "
+        ".onnx, .skops), a saved model directory, or module:attr returning a torch module or estimator"
     )
 
 
 @app.command()
 def evaluate(
-    target: str = typer.Argument(..., help="Registry name, XGBoost .json, .skops file, saved model dir, or module:attr."),
+    target: str = typer.Argument(..., help="Registry name, model file (.json XGBoost/LightGBM/CatBoost, .txt LightGBM, .cbm, .onnx, .skops), saved model dir, or module:attr."),
     dataset: str = typer.Option(..., "--dataset", "-d", help="Dataset name (see `rba datasets`)."),
     name: str | None = typer.Option(None, "--name", help="Name shown in the leaderboard."),
     config: Path | None = typer.Option(None, "--config", help="Plan file whose threats/points/seeds to use."),

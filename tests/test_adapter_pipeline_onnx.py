@@ -244,3 +244,30 @@ def test_onnx_truncated_file_is_one_line_model_error(tmp_path: Path) -> None:
     with pytest.raises(ModelError) as info:
         load_model(bad)
     assert "\n" not in str(info.value) and "cut.onnx" in str(info.value)
+
+
+@pytest.mark.parametrize("norm", ["linf", "l2", "l1"])
+def test_pipeline_linear_certificate_holds_for_the_pipelines_own_arithmetic(norm: str) -> None:
+    """Large offsets and small scales make the folded raw-space scores differ from the Pipeline's own ((x - m) / s) @ W + b:
+    the certificate must still never exceed a distance at which the Pipeline itself flips."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import MinMaxScaler, StandardScaler
+
+    import robustbench_align as rba
+
+    rng = np.random.default_rng(7)
+    X = 1e4 + 1e-2 * rng.normal(size=(300, 6))
+    y = (X[:, 0] - X[:, 1] + 0.3 * (X[:, 2] - 1e4) > 0).astype(int)
+    pipe = make_pipeline(StandardScaler(), MinMaxScaler(), LogisticRegression(C=100.0)).fit(X[:240], y[:240])
+    Xe, ye = X[240:], pipe.predict(X[240:])
+    res = rba.minimal_radius(pipe, Xe, ye, norm, attacks=["linear"])
+    assert res.path == "exact" and res.lower_bound is not None
+    d, lb = res.distance, res.lower_bound
+    assert (lb <= d).all() and np.median((d - lb) / d) < 1e-6  # a bracket this tight, never inverted
+    assert (pipe.predict(res.x_adv) != ye).all()
+    for tau in (1e-12, 1e-10, 1e-8, 1e-6):  # any shorter step along the found direction that still flips bounds the truth
+        shorter = Xe + (1.0 - tau) * (res.x_adv - Xe)
+        flips = pipe.predict(shorter) != ye
+        dist = rba.attacks.base.Norm.of(norm).distance(Xe, shorter)
+        assert (lb[flips] <= dist[flips]).all()

@@ -107,12 +107,24 @@ class WrappedSklearnTrees(WrappedSklearn):
         return self._ensemble
 
 
+def _is_regressor(obj: Any) -> bool:
+    """scikit-learn's own test (estimator tags), false for anything it cannot classify."""
+    from sklearn.base import is_regressor
+
+    try:
+        return bool(is_regressor(obj))
+    except Exception:  # noqa: BLE001 - a foreign object without sklearn tags is simply not a regressor
+        return False
+
+
 def wrap_sklearn(obj: Any, name: str | None = None, n_features: int | None = None) -> Model:
     """A Model for a fitted scikit-learn classifier: tree ensembles get tree_ensemble(), others are black boxes.
 
     HistGradientBoosting/AdaBoost are parsed when wrapped: a parse the model refuses (categorical
     splits, non-tree members) leaves a black box whose `path_note` says why.
     """
+    if _is_regressor(obj):
+        raise ModelError(f"{type(obj).__name__} is a regression model; the suite evaluates classifiers")
     if is_sk_tree_classifier(obj):
         model = WrappedSklearnTrees(obj, name=name, n_features=n_features)
         if not parse_refusable(obj):
