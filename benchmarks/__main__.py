@@ -1,10 +1,11 @@
 """Run every benchmark and write benchmarks/RESULTS.md: one table of ratios against their targets.
 
-  python -m benchmarks [--quick | --full] [--only rfm metrics attacks plan]
+  python -m benchmarks [--quick | --full] [--only rfm metrics attacks plan adapters]
 
 Sections: RFM fit vs xRFM (benchmarks.rfm), batched metrics vs the per-point loop (benchmarks.metrics),
 attacks vs AutoAttack / Foolbox / torchattacks / Veritas (benchmarks.attacks), and the plan's wall
-time and scaling (benchmarks.plan_scaling). rfm and metrics run in their own processes (their
+time and scaling (benchmarks.plan_scaling), and each wrap() adapter's strongest attack path vs the
+black-box HopSkipJump path (benchmarks.adapters). rfm and metrics run in their own processes (their
 tables go to a temporary file, not to benchmarks/results/); the others run in this process. The
 1-minute load average is sampled every 5 s, since the timings are only meaningful beside it.
 """
@@ -28,7 +29,7 @@ from benchmarks import machine_info
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 RESULTS = HERE / "RESULTS.md"
-SECTIONS = ("rfm", "metrics", "attacks", "plan")
+SECTIONS = ("rfm", "metrics", "attacks", "plan", "adapters")
 
 RFM_ARGS = {"quick": ["--sizes", "2000", "--dtypes", "float32", "--repeats", "3"],
             "default": ["--sizes", "2000", "5000", "--dtypes", "float32", "--repeats", "3"],
@@ -114,6 +115,12 @@ def bench_plan(mode: str, tmp: Path) -> dict[str, Any]:
                             deadline=None if mode == "full" else plan_scaling.COLD_TARGET)
 
 
+def bench_adapters(mode: str, tmp: Path) -> dict[str, Any]:
+    from benchmarks import adapters
+
+    return adapters.run(quick=mode == "quick")
+
+
 def verdict(ok: bool | None) -> str:
     return "—" if ok is None else ("pass" if ok else "**miss**")
 
@@ -172,6 +179,11 @@ def summary_rows(res: dict[str, Any]) -> list[tuple[str, str, str, str]]:
                      f"k = {s['k_wall']:.2f} (wall), {s['k_eval']:.2f} (summed evaluation); "
                      f"per run {s['fixed']:.1f} s fixed + {1000 * s['per_point']:.0f} ms/point",
                      "reported (1 = linear)", "—"))
+    ad = res.get("adapters")
+    if isinstance(ad, dict):
+        from benchmarks.adapters import summary_rows as adapter_rows
+
+        rows += [(what, measured, target, verdict(ok)) for what, measured, target, ok in adapter_rows(ad)]
     for name in SECTIONS:
         if isinstance(res.get(name), str):
             rows.append((f"{name} benchmark", "failed: " + res[name].splitlines()[-1][:200], "", "**error**"))
@@ -228,7 +240,7 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(1)
     info = machine_info()
     runners: dict[str, Callable[[str, Path], dict[str, Any]]] = {
-        "rfm": bench_rfm, "metrics": bench_metrics, "attacks": bench_attacks, "plan": bench_plan}
+        "rfm": bench_rfm, "metrics": bench_metrics, "attacks": bench_attacks, "plan": bench_plan, "adapters": bench_adapters}
     res: dict[str, Any] = {}
     loads: dict[str, tuple[float, float]] = {}
     seconds: dict[str, float] = {}

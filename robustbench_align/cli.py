@@ -175,7 +175,7 @@ def _load_target(target: str, trust_pickle: bool) -> tuple[Any, bool]:
 
 @app.command()
 def evaluate(
-    target: str = typer.Argument(..., help="Registry name, model file (.json XGBoost/LightGBM/CatBoost, .txt LightGBM, .cbm, .onnx, .skops), saved model dir, or module:attr."),
+    target: str = typer.Argument(..., help="Registry name, model file (.json, .txt, .cbm, .onnx, .skops), saved model dir, or module:attr."),
     dataset: str = typer.Option(..., "--dataset", "-d", help="Dataset name (see `rba datasets`)."),
     name: str | None = typer.Option(None, "--name", help="Name shown in the leaderboard."),
     config: Path | None = typer.Option(None, "--config", help="Plan file whose threats/points/seeds to use."),

@@ -271,3 +271,26 @@ def test_pipeline_linear_certificate_holds_for_the_pipelines_own_arithmetic(norm
         flips = pipe.predict(shorter) != ye
         dist = rba.attacks.base.Norm.of(norm).distance(Xe, shorter)
         assert (lb[flips] <= dist[flips]).all()
+
+
+def test_onnx_predict_is_onnxruntimes_label_even_at_score_ties() -> None:
+    """The label output decides exact float32 probability ties; adversarials must flip that label, not our argmax."""
+    skl2onnx = pytest.importorskip("skl2onnx")
+    import onnxruntime as ort
+    from sklearn.linear_model import LogisticRegression
+
+    import robustbench_align as rba
+
+    ds = rba.load_dataset("breast_cancer", seed=0)
+    lr = LogisticRegression(max_iter=1000).fit(ds.X_train, ds.y_train)
+    proto = skl2onnx.to_onnx(lr, ds.X_train[:1].astype(np.float32), options={"zipmap": False})
+    sess = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    name = sess.get_inputs()[0].name
+    model = rba.wrap(proto)
+    X, y = ds.X_test[:20], ds.y_test[:20]
+    res = rba.minimal_radius(model, X, y, "linf", attacks=["fmn"])
+    ok = res.success & res.clean_correct
+    assert ok.sum() >= 15
+    label = sess.run(None, {name: res.x_adv[ok].astype(np.float32)})[0]
+    assert (label != y[ok]).all()  # each adversarial flips onnxruntime's own decision (several sit on a 0.5/0.5 tie)
+    np.testing.assert_array_equal(model.predict(res.x_adv), sess.run(None, {name: res.x_adv.astype(np.float32)})[0])

@@ -475,8 +475,10 @@ class OnnxModel(WrappedModel):
     path_note: str = ""
 
     def __init__(self, session: Any, input_name: str, input_type: int, output_name: str, d: int, c: int,
-                 is_proba: bool, name: str, path_note: str) -> None:
+                 is_proba: bool, name: str, path_note: str, labels: tuple[Any, Any, list[Any]] | None = None) -> None:
         self.session = session
+        # (session, output name, class labels): the graph's own predicted label, which decides ties as onnxruntime does
+        self.labels = labels
         self.input_name = input_name
         self.np_input = np.float64 if input_type == _DOUBLE else np.float32
         self.output_name = output_name
@@ -511,8 +513,21 @@ class OnnxModel(WrappedModel):
         return softmax_rows(z)
 
     def predict(self, X: Any) -> np.ndarray:
-        """Argmax of onnxruntime's class scores, ties to the lowest index."""
-        return argmax_rows(self.scores(X))
+        """onnxruntime's own predicted label as a class index when the graph outputs one (it decides exact score ties),
+        else the argmax of its class scores, ties to the lowest index."""
+        if self.labels is None:
+            return argmax_rows(self.scores(X))
+        sess, out, classes = self.labels
+        X = self._check_X(X)
+        try:
+            lab = np.asarray(sess.run([out], {self.input_name: X.astype(self.np_input)})[0]).reshape(-1)
+        except Exception as exc:  # noqa: BLE001 - onnxruntime's errors are untyped
+            raise ModelError(f"{display_name(self.name)}: onnxruntime failed on X of shape {X.shape} ({first_line(exc)[:200]})") from None
+        index = {v: i for i, v in enumerate(classes)}
+        try:
+            return np.array([index[v.item() if hasattr(v, "item") else v] for v in lab], dtype=np.int64)
+        except KeyError as exc:
+            raise ModelError(f"{display_name(self.name)}: onnxruntime predicted label {exc} outside the class labels {classes}") from None
 
 
 class OnnxTorchModel(OnnxModel):
@@ -551,6 +566,38 @@ def _float_tensor_type(vi: Any) -> int | None:
     if tt is None or tt.elem_type not in (_FLOAT, _DOUBLE):
         return None
     return int(tt.elem_type)
+
+
+def _label_session(proto: Any, graph: Any, nodes: list[Node], out_name: str, c: int, opts: Any) -> tuple[Any, Any, list[Any]] | None:
+    """An onnxruntime session for the graph's predicted-label output with the class labels it uses, or None.
+
+    ONNX-ML classifiers (LinearClassifier, TreeEnsembleClassifier, SVMClassifier) output a label beside their
+    scores; at exact score ties their label is the library's decision, which the argmax of the scores may not be.
+    """
+    import onnx
+    import onnxruntime as ort
+
+    classes: list[Any] | None = None
+    for n in nodes:
+        for key in ("classlabels_ints", "classlabels_int64s", "classlabels_strings"):
+            v = n.attrs.get(key)
+            if v:
+                classes = [x.decode() if isinstance(x, bytes) else int(x) if not isinstance(x, str) else x for x in v]
+    if classes is None or len(classes) != c:
+        return None
+    label_outs = [v for v in graph.output if v.name != out_name and v.type.tensor_type.elem_type in (onnx.TensorProto.INT64,
+                                                                                                      onnx.TensorProto.STRING)]
+    if len(label_outs) != 1:
+        return None
+    pruned = onnx.ModelProto()
+    pruned.CopyFrom(proto)
+    del pruned.graph.output[:]
+    pruned.graph.output.append(label_outs[0])
+    try:
+        sess = ort.InferenceSession(pruned.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    except Exception:  # noqa: BLE001 - no label session: predict falls back to the argmax of the scores
+        return None
+    return sess, label_outs[0].name, classes
 
 
 def _pick_output(graph: Any, nodes: list[Node]) -> str:
@@ -643,7 +690,7 @@ def build_onnx_model(proto: Any, *, name: str, n_features: int | None = None, n_
     finite = np.isfinite(z).all(axis=1)
     is_proba = bool(finite.any() and np.all(z[finite] >= -1e-6) and np.allclose(z[finite].sum(axis=1), 1.0, atol=1e-4))
     kw: dict[str, Any] = {"session": session, "input_name": inp.name, "input_type": in_type, "output_name": out_name,
-                          "d": d, "c": c, "is_proba": is_proba, "name": name}
+                          "d": d, "c": c, "is_proba": is_proba, "name": name, "labels": _label_session(proto, graph, nodes, out_name, c, opts)}
     needed = _needed(nodes, out_name)
     base = OnnxModel(**kw, path_note="")
     # --- exact path: a TreeEnsembleClassifier on the input
