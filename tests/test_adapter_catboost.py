@@ -298,3 +298,19 @@ def test_nan_mode_min_border_is_exact_for_finite_inputs() -> None:
     B[:20, 0] = float(lowest)
     np.testing.assert_array_equal(ens.predict(B), library_index(clf, B))
     assert np.abs(ens.predict_proba(B) - clf.predict_proba(B, thread_count=1)).max() <= 1e-6
+
+
+def test_30_tree_radius_equals_brute_force() -> None:
+    """An independent exact search on a realistic ensemble: two features keep the full border grid enumerable."""
+    X = np.random.default_rng(4).normal(size=(300, 2))
+    y = (X[:, 0] + np.sin(2 * X[:, 1]) > 0).astype(np.int64)
+    clf = cb.CatBoostClassifier(iterations=30, depth=3, **FAST).fit(X, y)
+    model = rba.wrap(clf)
+    Xt = X[:8]
+    yt = library_index(clf, Xt)
+    res = rba.minimal_radius(clf, Xt, yt, "linf")
+    assert res.path == "exact" and res.is_exact().all()
+    for i in range(Xt.shape[0]):
+        cells = grid_cells(model.tree_ensemble(), Xt[i])
+        flips = library_index(clf, cells) != yt[i]
+        assert res.distance[i] == pytest.approx(np.abs(cells[flips] - Xt[i]).max(axis=1).min(), rel=1e-9, abs=1e-12)

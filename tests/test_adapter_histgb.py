@@ -242,3 +242,16 @@ def test_unfitted_models_are_refused_not_wrapped_as_black_boxes() -> None:
     for est in (HistGradientBoostingClassifier(), AdaBoostClassifier()):
         with pytest.raises(ModelError, match="not fitted"):
             rba.wrap(est)
+
+
+def test_histgb_30_iteration_radius_equals_brute_force() -> None:
+    """An independent exact search on a realistic ensemble: two features keep the full threshold grid enumerable."""
+    X = np.random.default_rng(4).normal(size=(300, 2))
+    y = (X[:, 0] + np.sin(2 * X[:, 1]) > 0).astype(np.int64)
+    est = HistGradientBoostingClassifier(max_iter=30, max_depth=3, random_state=0).fit(X, y)
+    m = rba.wrap(est)
+    Xt, yt = X[:8], est.predict(X[:8]).astype(np.int64)
+    res = rba.minimal_radius(m, Xt, yt, "linf")
+    assert res.path == "exact" and res.is_exact().all()
+    bf = np.array([_brute_force_linf(est, m.tree_ensemble(), x, int(c)) for x, c in zip(Xt, yt, strict=True)])
+    np.testing.assert_allclose(res.distance, bf, rtol=0, atol=1e-12)

@@ -338,3 +338,14 @@ def test_missing_lightgbm_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> No
     monkeypatch.setitem(sys.modules, "lightgbm", None)
     with pytest.raises(ModelError, match=r'pip install "robustbench-align\[lightgbm\]"'):
         import_lightgbm()
+
+
+def test_exact_radius_on_a_30_tree_model_equals_brute_force() -> None:
+    """An independent exact search on a realistic ensemble: two features keep the full threshold grid enumerable."""
+    X, y = data(2, n=300, d=2, seed=11)
+    clf = lgb.LGBMClassifier(n_estimators=30, num_leaves=5, max_depth=3, learning_rate=0.3, n_jobs=1, verbose=-1).fit(X, y)
+    Xs, ys = X[:8], clf.predict(X[:8])
+    r = rba.minimal_radius(clf, Xs, ys, "linf")
+    assert r.path == "exact" and r.is_exact().all()
+    for i in range(Xs.shape[0]):
+        assert np.isclose(r.distance[i], brute_force(clf, Xs[i], int(ys[i]), np.inf), rtol=1e-9, atol=0)
