@@ -439,7 +439,7 @@ def test_minimal_radius_black_box_and_torch(linear):
     r2 = minimal_radius(box, X, y, "linf", seed=1, effort="fast")
     assert r2.attacks_used == ["hsj"] and r2.success.all()
     assert (model.predict(r2.x_adv[correct]) != y[correct]).all()
-    assert set(r2.flags) <= {"rejected_candidates"}
+    assert set(r2.flags) <= {"rejected_candidates", "black_box_only"} and "black_box_only" in r2.flags and r2.path == "black-box"
     assert r2.median > 0 and 0 < r2.auc() < 1
 
 
