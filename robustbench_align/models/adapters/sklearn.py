@@ -38,6 +38,8 @@ class WrappedSklearn(WrappedModel):
     """
 
     def __init__(self, est: Any, name: str | None = None, n_features: int | None = None) -> None:
+        # HistGradientBoosting predicts with OpenMP threads (one per core): pinned to one around each library call
+        self._openmp = type(est).__name__ in ("HistGradientBoostingClassifier",)
         if isinstance(est, BaseEstimator):
             require_sk_fitted(est)
         if not callable(getattr(est, "predict_proba", None)):
@@ -73,6 +75,11 @@ class WrappedSklearn(WrappedModel):
     def _library(self, method: Any, X: np.ndarray) -> Any:
         """method(X) without sklearn's feature-name warning; its ValueError as a one-line ModelError."""
         try:
+            if self._openmp:  # OpenMP predictors spin-wait on an oversubscribed machine: one thread is far faster there
+                from threadpoolctl import threadpool_limits
+
+                with threadpool_limits(1, user_api="openmp"):
+                    return quiet(method, X)
             return quiet(method, X)
         except ValueError as exc:  # e.g. finite float64 values beyond float32 range
             raise ModelError(
