@@ -246,6 +246,13 @@ class WrappedModel(Model):
     def n_classes(self) -> int:
         return self._c
 
+    def _proba_checked(self, p: Any, n: int) -> np.ndarray:
+        """The library's probabilities as float64 (n, n_classes); ModelError when it returned another shape."""
+        out = np.asarray(p, dtype=np.float64)
+        if out.shape != (n, self._c):
+            raise ModelError(f"{display_name(self.name)}: predict_proba returned shape {out.shape}, expected {(n, self._c)}")
+        return out
+
 
 # ----------------------------------------------------------------------------------------
 # Parsed tree ensembles

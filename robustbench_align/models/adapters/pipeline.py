@@ -130,12 +130,8 @@ class PipelineModel(WrappedModel):
         """The Pipeline's predict_proba on raw X (the final estimator's model on the scaled features if it has none)."""
         X = self._check_X(X)
         if callable(getattr(self.pipe, "predict_proba", None)):
-            p = np.asarray(self._library(self.pipe.predict_proba, X), dtype=np.float64)
-        else:
-            p = np.asarray(cast(Model, self.inner).predict_proba(self.transform(X)), dtype=np.float64)
-        if p.shape != (X.shape[0], self._c):
-            raise ModelError(f"{display_name(self.name)}: predict_proba returned shape {p.shape}, expected {(X.shape[0], self._c)}")
-        return p
+            return self._proba_checked(self._library(self.pipe.predict_proba, X), X.shape[0])
+        return self._proba_checked(cast(Model, self.inner).predict_proba(self.transform(X)), X.shape[0])
 
     def predict(self, X: Any) -> np.ndarray:
         """The Pipeline's predict on raw X, as class indices 0..K-1 (classes_ order)."""

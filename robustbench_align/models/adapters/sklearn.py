@@ -88,9 +88,7 @@ class WrappedSklearn(WrappedModel):
 
     def predict_proba(self, X: Any) -> np.ndarray:
         X = self._check_X(X)
-        p = np.asarray(self._library(self.est.predict_proba, X), dtype=np.float64)
-        if p.shape != (X.shape[0], self._c):
-            raise ModelError(f"{display_name(self.name)}: predict_proba returned shape {p.shape}, expected {(X.shape[0], self._c)}")
+        p = self._proba_checked(self._library(self.est.predict_proba, X), X.shape[0])
         return p
 
     def predict(self, X: Any) -> np.ndarray:

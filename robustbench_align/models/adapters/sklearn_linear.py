@@ -159,9 +159,7 @@ class WrappedSklearnLinear(WrappedModel):
         X = self._check_X(X)
         if not self.has_library_proba:
             return softmax_rows(self.scores(X))
-        p = np.asarray(self._library(self.est.predict_proba, X), dtype=np.float64)
-        if p.shape != (X.shape[0], self._c):
-            raise ModelError(f"{display_name(self.name)}: predict_proba returned shape {p.shape}, expected {(X.shape[0], self._c)}")
+        p = self._proba_checked(self._library(self.est.predict_proba, X), X.shape[0])
         return p
 
     def predict(self, X: Any) -> np.ndarray:

@@ -265,9 +265,7 @@ class WrappedSVM(WrappedModel):
     def predict_proba(self, X: Any) -> np.ndarray:
         X = self._check_X(X)
         if self.has_library_proba:
-            p = np.asarray(self._library(self.est.predict_proba, X), dtype=np.float64)
-            if p.shape != (X.shape[0], self._c):
-                raise ModelError(f"{display_name(self.name)}: predict_proba returned shape {p.shape}, expected {(X.shape[0], self._c)}")
+            p = self._proba_checked(self._library(self.est.predict_proba, X), X.shape[0])
             return p
         return softmax_rows(self.library_logits(X))
 
