@@ -338,10 +338,9 @@ def test_contract(fitted, tasks, case, check, task):
 
 
 @pytest.mark.parametrize("task", TASKS)
-@pytest.mark.parametrize("case", CASES, ids=lambda c: c.id)
+@pytest.mark.parametrize("case", [c for c in CASES if c.save is not None], ids=lambda c: c.id)  # torch modules and callables have no file format
 def test_persistence_round_trip(fitted, tasks, tmp_path, case, task):
-    if case.save is None:
-        pytest.skip(f"{case.id}: no file format for this kind of object")
+    assert case.save is not None
     obj, model = fitted(case, task)
     _, _, Xte, _, _ = tasks[task]
     check_round_trip(model, case.save(obj, tmp_path), Xte, atol=case.round_trip_atol)
