@@ -469,9 +469,9 @@ def wrapped_fixed_eps(wrapper: Attack, inner: object, kind: str, suffix: str) ->
 PATHS: tuple[str, ...] = ("exact", "gradient", "black-box")  # strongest first
 
 
-def path_of(attack: Attack) -> str:
-    """The kind of access an attack has to the model: "exact" (a complete method whose lower bounds
-    certify), "gradient" (white-box, differentiates the model) or "black-box" (queries only)."""
+def path_of(attack: Attack | type[Attack]) -> str:
+    """The kind of access an attack (instance or class) has to the model: "exact" (a complete method whose
+    lower bounds certify), "gradient" (white-box, differentiates the model) or "black-box" (queries only)."""
     if attack.exact:
         return "exact"
     if "torch_logits" in attack.requires:

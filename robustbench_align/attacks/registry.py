@@ -17,7 +17,7 @@ from types import MappingProxyType
 from typing import Any
 
 from ..errors import AttackError
-from .base import Attack, check_norm, lookup, strongest_path
+from .base import Attack, check_norm, lookup, path_of, strongest_path
 
 log = logging.getLogger(__name__)
 
@@ -259,12 +259,10 @@ def attack_path(names: Iterable[str]) -> str:
             continue
         spec = _ATTACKS[key]
         try:
-            cls = _load_class(spec)
-            inner = _load_class(_spec(spec.wraps)) if spec.wraps else None
+            classes = [_load_class(spec)] + ([_load_class(_spec(spec.wraps))] if spec.wraps else [])
         except _Unavailable:
             continue
-        paths.append("exact" if cls.exact or (inner is not None and inner.exact) else
-                     "gradient" if "torch_logits" in (inner or cls).requires else "black-box")
+        paths += [path_of(c) for c in classes]  # a wrapper reaches what the attack it wraps reaches
     return strongest_path(paths)
 
 
