@@ -28,6 +28,7 @@ from ...errors import ModelError
 from ..base import Model, softmax_rows
 from ..trees.sklearn_parse import quiet
 from .sklearn import WrappedSklearn
+from .torch import TorchCopy
 
 log = logging.getLogger(__name__)
 
@@ -89,19 +90,9 @@ class WrappedMLP(WrappedSklearn):
     """A fitted MLPClassifier attacked as a black box (no torch copy): the reason is in `path_note`."""
 
 
-class TorchMLP(WrappedMLP):
-    """A fitted MLPClassifier: the library's predict/predict_proba plus `torch_logits`, its float64 torch copy."""
-
-    torch_dtype = torch.float64
-
-    def __init__(self, est: Any, module: MLPModule, name: str | None = None, n_features: int | None = None) -> None:
-        super().__init__(est, name=name, n_features=n_features)
-        self.module = module.eval()
-
-    def torch_logits(self, x: torch.Tensor) -> torch.Tensor:
-        """Differentiable logits (n, K): softmax of them is `predict_proba` (to float64 rounding)."""
-        out: torch.Tensor = self.module(x.to(torch.float64))
-        return out
+class TorchMLP(TorchCopy, WrappedMLP):
+    """A fitted MLPClassifier: the library's predict/predict_proba plus `torch_logits`, its float64 torch copy
+    (softmax of the logits is `predict_proba` to float64 rounding)."""
 
     def predict_logits(self, X: Any) -> np.ndarray:
         """The torch copy's logits for X as float64 numpy (no gradient)."""

@@ -46,6 +46,7 @@ from ...errors import ModelError, first_line
 from ..base import Model, WrappedModel, check_width, display_name, softmax_rows
 from ..trees.sklearn_parse import quiet, require_sk_fitted
 from .sklearn import _label_indices
+from .torch import TorchCopy
 
 log = logging.getLogger(__name__)
 
@@ -275,18 +276,8 @@ class WrappedSVM(WrappedModel):
         return _label_indices(self.classes_, self._library(self.est.predict, X), display_name(self.name))
 
 
-class TorchSVM(WrappedSVM):
+class TorchSVM(TorchCopy, WrappedSVM):
     """A fitted SVC/NuSVC with `torch_logits`: the decision function rebuilt in float64 torch (module docstring)."""
-
-    torch_dtype = torch.float64
-
-    def __init__(self, est: Any, module: SVMModule, name: str | None = None, n_features: int | None = None) -> None:
-        super().__init__(est, name=name, n_features=n_features)
-        self.module = module.eval()
-
-    def torch_logits(self, x: torch.Tensor) -> torch.Tensor:
-        out: torch.Tensor = self.module(x.to(torch.float64))
-        return out
 
     def torch_decision(self, X: Any) -> np.ndarray:
         """The rebuilt raw decision values for X (numpy, no gradient), comparable with `ovo_decision`."""

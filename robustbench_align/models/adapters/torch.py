@@ -88,4 +88,28 @@ def adapt(obj: Any, *, n_features: int | None = None, n_classes: int | None = No
     return TorchModel(obj, d, n_classes, name=name or type(obj).__name__)
 
 
-__all__ = ["TorchModel", "adapt", "infer_in_features"]
+class TorchCopy:
+    """Mixin for adapters of library models that also carry an exact float64 torch copy of their scores in
+    `self.module` (MLPClassifier, SVC/NuSVC): `torch_logits` runs that copy; predictions stay the library's own.
+
+    Put it first in the bases: `class TorchMLP(TorchCopy, WrappedMLP)`; the constructor takes the module after the
+    estimator and passes the rest on.
+    """
+
+    module: Any
+
+    def __init__(self, est: Any, module: Any, name: str | None = None, n_features: int | None = None) -> None:
+        import torch
+
+        super().__init__(est, name=name, n_features=n_features)  # type: ignore[call-arg]  # the library adapter's constructor
+        self.module = module.eval()
+        self.torch_dtype = torch.float64
+
+    def torch_logits(self, x: Any) -> Any:
+        """Differentiable logits (n, K) from the float64 torch copy."""
+        import torch
+
+        return self.module(x.to(torch.float64))
+
+
+__all__ = ["TorchCopy", "TorchModel", "adapt", "infer_in_features"]
