@@ -21,10 +21,10 @@ from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
-from ...errors import ModelError, first_line
+from ...errors import ModelError
 from ..base import Model, WrappedModel, argmax_rows, display_name, wrap
-from ..trees.sklearn_parse import quiet, require_sk_fitted
-from .sklearn import _label_indices
+from ..trees.sklearn_parse import require_sk_fitted
+from .sklearn import _label_indices, call_sklearn
 
 if TYPE_CHECKING:
     import torch
@@ -113,10 +113,7 @@ class PipelineModel(WrappedModel):
         self.name = name or "Pipeline(" + ", ".join(type(s).__name__ if not isinstance(s, str) else s for _, s in pipe.steps) + ")"
 
     def _library(self, method: Any, X: np.ndarray) -> Any:
-        try:
-            return quiet(method, X)
-        except ValueError as exc:
-            raise ModelError(f"{display_name(self.name)}: the Pipeline refused the input ({first_line(exc, with_type=False)[:160]})") from None
+        return call_sklearn(method, X, self.name, who="the Pipeline")
 
     def transform(self, X: Any) -> np.ndarray:
         """The scalers' output for raw X (float64), as the Pipeline computes it."""

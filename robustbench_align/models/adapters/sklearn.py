@@ -30,6 +30,21 @@ def _label_indices(classes: np.ndarray, labels: Any, who: str) -> np.ndarray:
     return out
 
 
+def call_sklearn(method: Any, X: np.ndarray, name: str, *, who: str = "the library", hint: str = "", openmp: bool = False) -> Any:
+    """method(X) without scikit-learn's feature-name warning, its ValueError as a one-line ModelError
+    ("<name>: <who> refused the input (<reason>)<hint>"). openmp=True pins OpenMP to one thread around the call:
+    OpenMP predictors (HistGradientBoosting) spin-wait on an oversubscribed machine, one thread is far faster there."""
+    try:
+        if openmp:
+            from threadpoolctl import threadpool_limits
+
+            with threadpool_limits(1, user_api="openmp"):
+                return quiet(method, X)
+        return quiet(method, X)
+    except ValueError as exc:  # e.g. finite float64 values beyond float32 range
+        raise ModelError(f"{display_name(name)}: {who} refused the input ({first_line(exc, with_type=False)[:160]}){hint}") from None
+
+
 class WrappedSklearn(WrappedModel):
     """A fitted scikit-learn classifier with predict_proba, attacked as a black box.
 
@@ -73,18 +88,7 @@ class WrappedSklearn(WrappedModel):
         self.name = name or type(est).__name__
 
     def _library(self, method: Any, X: np.ndarray) -> Any:
-        """method(X) without sklearn's feature-name warning; its ValueError as a one-line ModelError."""
-        try:
-            if self._openmp:  # OpenMP predictors spin-wait on an oversubscribed machine: one thread is far faster there
-                from threadpoolctl import threadpool_limits
-
-                with threadpool_limits(1, user_api="openmp"):
-                    return quiet(method, X)
-            return quiet(method, X)
-        except ValueError as exc:  # e.g. finite float64 values beyond float32 range
-            raise ModelError(
-                f"{display_name(self.name)}: the library refused the input ({first_line(exc, with_type=False)[:160]}); keep features within float32 range"
-            ) from None
+        return call_sklearn(method, X, self.name, hint="; keep features within float32 range", openmp=self._openmp)
 
     def predict_proba(self, X: Any) -> np.ndarray:
         X = self._check_X(X)
@@ -151,4 +155,4 @@ def adapt(obj: Any, *, n_features: int | None = None, n_classes: int | None = No
     return wrap_sklearn(obj, name=name, n_features=n_features)
 
 
-__all__ = ["WrappedSklearn", "WrappedSklearnTrees", "adapt", "wrap_sklearn"]
+__all__ = ["WrappedSklearn", "WrappedSklearnTrees", "adapt", "call_sklearn", "wrap_sklearn"]

@@ -30,9 +30,10 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
-from ...errors import ModelError, first_line
+from ...errors import ModelError
 from ..base import Model, WrappedModel, argmax_rows, display_name, softmax_rows
 from ..trees.sklearn_parse import quiet, require_sk_fitted
+from .sklearn import call_sklearn
 
 if TYPE_CHECKING:
     import torch
@@ -146,13 +147,7 @@ class WrappedSklearnLinear(WrappedModel):
 
     # --- the Model contract ------------------------------------------------------------
     def _library(self, method: Any, X: np.ndarray) -> Any:
-        """method(X) without sklearn's feature-name warning; its ValueError as a one-line ModelError."""
-        try:
-            return quiet(method, X)
-        except ValueError as exc:
-            raise ModelError(
-                f"{display_name(self.name)}: the library refused the input ({first_line(exc, with_type=False)[:160]}); keep features within float32 range"
-            ) from None
+        return call_sklearn(method, X, self.name, hint="; keep features within float32 range")
 
     def predict_proba(self, X: Any) -> np.ndarray:
         """The library's predict_proba; softmax of the class scores for estimators without one."""

@@ -42,10 +42,10 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from ...errors import ModelError, first_line
+from ...errors import ModelError
 from ..base import Model, WrappedModel, check_width, display_name, softmax_rows
-from ..trees.sklearn_parse import quiet, require_sk_fitted
-from .sklearn import _label_indices
+from ..trees.sklearn_parse import require_sk_fitted
+from .sklearn import _label_indices, call_sklearn
 from .torch import TorchCopy
 
 log = logging.getLogger(__name__)
@@ -234,10 +234,7 @@ class WrappedSVM(WrappedModel):
         self.has_library_proba = _has_proba(est)
 
     def _library(self, method: Any, X: np.ndarray) -> Any:
-        try:
-            return quiet(method, X)
-        except ValueError as exc:
-            raise ModelError(f"{display_name(self.name)}: the library refused the input ({first_line(exc, with_type=False)[:160]})") from None
+        return call_sklearn(method, X, self.name)
 
     def decision_function(self, X: Any) -> np.ndarray:
         """The library's decision_function (its `decision_function_shape` applies)."""
