@@ -144,21 +144,24 @@ def exact_not_certified(distance: np.ndarray, lower_bound: np.ndarray | None, ex
             "(time limit); their radius is an upper bound and lower_bound holds the certified part (raise the time limit)")
 
 
-def lower_bound_above_adversarial(distance: np.ndarray, lower_bound: np.ndarray | None, rtol: float = 1e-6,
-                                  atol: float | np.floating[Any] | np.ndarray = 1e-9) -> Flag | None:
-    """A certified lower bound above a verified adversarial's distance means the certificate is wrong.
+def unsound_certificates(distance: np.ndarray, lower_bound: np.ndarray, rtol: float = 1e-6,
+                         atol: float | np.floating[Any] | np.ndarray = 1e-9) -> np.ndarray:
+    """Per point: a certified lower bound above a verified adversarial's distance (the certificate is wrong).
 
     atol absorbs the float32 grid of tree thresholds (a few ulp of the point's largest feature).
     """
-    if lower_bound is None:
-        return None
     d = np.asarray(distance, dtype=np.float64)
     lb = np.asarray(lower_bound, dtype=np.float64)
-    bad = np.isfinite(d) & (lb > d * (1 + rtol) + atol)
+    bad: np.ndarray = np.isfinite(d) & (lb > d * (1 + rtol) + atol)
+    return bad
+
+
+def unsound_certificate(bad: np.ndarray) -> Flag | None:
+    """The flag for points whose certificate a verified adversarial contradicts (their bounds were dropped)."""
     if not bad.any():
         return None
-    return ("lower_bound_above_adversarial", f"on {int(bad.sum())} points a certified lower bound exceeds the distance of a "
-            "verified adversarial; the exact attack's model parse disagrees with the model (bounds were clipped)")
+    return ("unsound_certificate", f"on {int(bad.sum())} points a certified lower bound exceeded the distance of a verified "
+            "adversarial; those certificates were dropped (lower bound 0). This is a bug: please report the model")
 
 
 def rejected_candidates(rejected: int) -> Flag | None:
@@ -221,7 +224,6 @@ __all__ = [
     "black_box_only",
     "collect",
     "exact_not_certified",
-    "lower_bound_above_adversarial",
     "margin_gradient_norms",
     "model_checks",
     "non_monotone",
@@ -229,5 +231,7 @@ __all__ = [
     "rejected_candidates",
     "softmax_output",
     "unbroken_points",
+    "unsound_certificate",
+    "unsound_certificates",
     "zero_gradients",
 ]

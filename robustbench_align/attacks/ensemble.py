@@ -194,9 +194,7 @@ class EnsembleAttack:
         flags: list[chk.Flag | None] = []
         lower = None
         if have_lb:
-            ulp = 4 * np.finfo(np.float32).eps * (1.0 + (np.abs(X).max(axis=1) if X.shape[1] else 0.0))
-            flags.append(chk.lower_bound_above_adversarial(best_d, lb, atol=ulp))
-            lower = np.minimum(lb, best_d)
+            lower = _sound_lower(lb, best_d, X, flags)
             lower[clean_wrong] = 0.0
         clean_correct = ~clean_wrong
         result = RadiusResult(
@@ -326,6 +324,9 @@ class EnsembleAttack:
             if wb_robust_before is not None and _is_black_box(att):
                 bb_broken += broke
         _raise_if_all_failed(errors, used)
+        cert_flags: list[chk.Flag | None] = []
+        nearest = np.min(np.stack([r.distance for r in results.values()]), axis=0) if results else np.full(n, np.inf)
+        lb = _sound_lower(lb, nearest, X, cert_flags)
         for r in results.values():
             r.lower_bound = np.minimum(lb, r.distance)
         out = FixedEpsResult(eps=eps_arr, results=results, clean_correct=~clean_wrong, norm=norm, attacks_used=used,
@@ -333,7 +334,7 @@ class EnsembleAttack:
         for r in results.values():
             r.rejected = rejected
             r.wall_time = time.perf_counter() - t0
-        flags: list[chk.Flag | None] = [chk.non_monotone(eps_arr, out.robust_accuracy), chk.rejected_candidates(rejected),
+        flags: list[chk.Flag | None] = [*cert_flags, chk.non_monotone(eps_arr, out.robust_accuracy), chk.rejected_candidates(rejected),
                                         chk.attack_failures(errors), self._black_box_only(model, out.path)]
         if self.checks:
             flags += chk.model_checks(model, X, y)
@@ -368,6 +369,21 @@ class _StepRun:
         log.warning("attack %s failed: %s: %s", self.label, type(exc).__name__, exc)
         self.errors[self.label] = f"{type(exc).__name__}: {exc}"
         return True
+
+
+def _sound_lower(lb: np.ndarray, best_d: np.ndarray, X: np.ndarray, flags: list[chk.Flag | None]) -> np.ndarray:
+    """The global invariant: no certified lower bound above any verified adversarial's distance.
+
+    A violation means a certificate is wrong: it is dropped (lower bound 0 at that point), logged,
+    and flagged `unsound_certificate`. Bounds within a few float32 ulp of the distance are clipped.
+    """
+    ulp = 4 * np.finfo(np.float32).eps * (1.0 + (np.abs(X).max(axis=1) if X.shape[1] else 0.0))
+    bad = chk.unsound_certificates(best_d, lb, atol=ulp)
+    if bad.any():
+        log.error("%d certified lower bound(s) exceeded a verified adversarial's distance; dropped", int(bad.sum()))
+    flags.append(chk.unsound_certificate(bad))
+    out: np.ndarray = np.where(bad, 0.0, np.minimum(lb, best_d))
+    return out
 
 
 def _raise_if_all_failed(errors: dict[str, str], used: list[str]) -> None:

@@ -18,11 +18,13 @@ from .margins import margin_of_raw
 class LocalSearch:
     """Single-feature interval moves around one point x: cheap, verified adversarial points.
 
-    They give the exact searches an upper bound to prune with, a fallback answer on time-outs,
-    and answer the easy "is there an adversarial within this box" questions without a solver.
+    They give the exact searches an upper bound to prune with, a fallback answer when a work budget
+    runs out, and answer the easy "is there an adversarial within this box" questions without a
+    solver. Every loop is bounded by a move count, so the result does not depend on machine speed;
+    `deadline` (perf_counter) is only a safety net.
     """
 
-    def __init__(self, flat: FlatEnsemble, grid: Grid, model: Model, x: np.ndarray, y: int, deadline: float) -> None:
+    def __init__(self, flat: FlatEnsemble, grid: Grid, model: Model, x: np.ndarray, y: int, deadline: float = np.inf) -> None:
         self.flat, self.grid, self.model, self.x, self.y, self.deadline = flat, grid, model, x, y, deadline
         self.j0, self.pts, self.dists = grid.intervals(x)
         sizes = [len(p) for p in self.pts]

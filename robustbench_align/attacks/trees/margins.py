@@ -6,11 +6,20 @@ class k means raising the margin M = raw_k - raw_y (-raw or +raw with one output
 the tie already goes to k (k < y, or raw <= 0 for a point of class 1) and to M > 0 otherwise; the
 strict case is solved as M >= STRICT_EPS times the ensemble's output scale.
 
-Guards. Every decoded point is re-predicted by the model. If one does not flip (a library that
-breaks exact ties differently, e.g. scikit-learn's gradient boosting at raw == 0, or solver
-round-off), the point is solved again with a guard M >= g of growing size (GUARD_STEPS, up to 1e-3
-of the output scale); the found distance may then exceed the certified bound, which refers to
-the ensemble's rule.
+Soundness in the library's arithmetic. The libraries do not compute M exactly: they sum the
+leaf values of every tree in their own order and type (float32 in XGBoost and ONNX runtimes,
+float64 in scikit-learn and LightGBM), may map the sums to probabilities (a sigmoid or softmax,
+whose rounding can turn a tiny margin into an exact tie) and break ties by their own rule. A
+certificate therefore asks for more than the rule: it certifies that no point reaches M >= -delta
+(`Target.delta`, `decision_tolerance`), a rigorous bound on the difference between the exact
+margin and anything a library can compute from the same leaves. Candidates inside the band
+[-delta, 0] are *resolved* with the model's own `predict`: every input with the same leaves gets
+the same library output (the same summands in the same order), so checking one point of a leaf
+combination settles all of them. No certificate depends on a summation order.
+
+Guards. Searching for an adversarial (not certifying) may need more than the rule when the decoded
+point does not flip the model (a tie broken differently, solver round-off): the point is solved
+again with a guard M >= g of growing size (GUARD_STEPS, up to 1e-3 of the output scale).
 """
 from __future__ import annotations
 
@@ -23,11 +32,48 @@ from ...models.base import TreeEnsemble
 # Margin guards (times the ensemble's output scale) added on retries; strict flips need STRICT_EPS.
 GUARD_STEPS = (0.0, 1e-9, 1e-7, 1e-5, 1e-3)
 STRICT_EPS = 1e-8
+# guard levels: 0 certifies (M >= -delta), 1.. search with GUARD_STEPS[level - 1]
+N_LEVELS = len(GUARD_STEPS) + 1
+
+_U32 = float(np.finfo(np.float32).eps) / 2  # unit roundoff of the least precise type a library sums in
+# libraries that accumulate tree outputs in float64 (TreeEnsemble.source prefixes); any other source
+# (XGBoost, ONNX runtimes, hand-built ensembles) is assumed to sum in float32
+FLOAT64_SOURCES = ("sklearn.", "lightgbm", "catboost.")
+_U64 = float(np.finfo(np.float64).eps) / 2
+
+
+def _gamma(n: int, u: float) -> float:
+    """Higham's gamma_n = n u / (1 - n u): the relative error bound of an n-term sum in any order."""
+    nu = n * u
+    return nu / (1.0 - nu) if nu < 0.5 else 1.0
+
+
+def decision_tolerance(ens: TreeEnsemble) -> float:
+    """A bound on |exact margin - any margin a library computes from the same leaves|, in raw units.
+
+    Each class's raw output is a sum of T leaf values and a bias; a library sums them in float64
+    (FLOAT64_SOURCES) or float32 (any other source) in some order (bounded by gamma_{2T+4} in float32 times the sum of magnitudes, which also
+    covers leaf values stored one rounding away from ours and the division of a mean), twice for a
+    difference of two outputs; a probability link (sigmoid, softmax) adds a few units of float32
+    roundoff in logit units (equal probabilities after rounding are a tie); our own float64
+    evaluation adds gamma_{T+4} in float64.
+    """
+    agg = float(len(ens.trees)) if ens.combine == "mean" else 1.0
+    mags = sum(float(np.abs(t.value[t.is_leaf]).max()) / agg for t in ens.trees if t.value.size)
+    S = mags + float(np.abs(np.asarray(ens.bias, dtype=np.float64)).max(initial=0.0))
+    T = len(ens.trees)
+    u = _U64 if ens.source.startswith(FLOAT64_SOURCES) else _U32
+    link = 0.0 if ens.link == "identity" else 64.0 * u
+    return 2.0 * _gamma(2 * T + 4, u) * S + _gamma(T + 4, _U64) * S + link
 
 
 @dataclass
 class Target:
-    """M(x) = c0 + sum_t w_t[leaf_t(x)]: the decision leaves y for k iff M >= 0 (tie_ok) or M > 0."""
+    """M(x) = c0 + sum_t w_t[leaf_t(x)]: the decision leaves y for k iff M >= 0 (tie_ok) or M > 0.
+
+    delta: the certification band (see `decision_tolerance`): no library can flip a point whose
+    exact M is below -delta.
+    """
 
     k: int
     y: int
@@ -35,10 +81,13 @@ class Target:
     w: list[np.ndarray]  # per tree, per node (zeros at internal nodes); already divided by T for "mean"
     c0: float
     scale: float
+    delta: float = 0.0
 
     def guard(self, level: int) -> float:
-        """The margin to reach at retry `level` (0: the decision rule itself)."""
-        return ((0.0 if self.tie_ok else STRICT_EPS) + GUARD_STEPS[level]) * self.scale
+        """The margin to reach at `level`: 0 certifies (-delta), 1.. search (the rule plus GUARD_STEPS[level - 1])."""
+        if level == 0:
+            return -self.delta
+        return ((0.0 if self.tie_ok else STRICT_EPS) + GUARD_STEPS[level - 1]) * self.scale
 
 
 def targets_of(ens: TreeEnsemble, y: int) -> list[Target]:
@@ -58,9 +107,10 @@ def targets_of(ens: TreeEnsemble, y: int) -> list[Target]:
                 continue
             specs.append((k, k < y, [(t.value[:, k] - t.value[:, y]) / agg for t in ens.trees], float(bias[k] - bias[y])))
     out = []
+    delta = decision_tolerance(ens)
     for k, tie_ok, w, c0 in specs:
         scale = abs(c0) + sum(float(np.abs(wt[t.is_leaf]).max()) for wt, t in zip(w, ens.trees, strict=True))
-        out.append(Target(k=k, y=y, tie_ok=bool(tie_ok), w=w, c0=c0, scale=max(scale, 1e-300)))
+        out.append(Target(k=k, y=y, tie_ok=bool(tie_ok), w=w, c0=c0, scale=max(scale, 1e-300), delta=delta))
     return out
 
 
@@ -76,4 +126,4 @@ def margin_of_raw(raw: np.ndarray, y: int) -> np.ndarray:
     return best
 
 
-__all__ = ["GUARD_STEPS", "STRICT_EPS", "Target", "margin_of_raw", "targets_of"]
+__all__ = ["GUARD_STEPS", "N_LEVELS", "STRICT_EPS", "Target", "decision_tolerance", "margin_of_raw", "targets_of"]

@@ -3,9 +3,12 @@
 It returns raw `Candidates` (the base class verifies them) with the certified lower bounds, the
 solver calls per point as queries, and these flags:
 
-- guard_retries: solves repeated with a larger margin guard because the decoded point did not flip
-  the model (see `margins`);
-- timeouts: points that hit a time limit (their lower bound is what was certified by then);
+- guard_retries: candidates in the certification band that did not flip the model and were
+  resolved (cut off), or solves repeated with a larger margin guard (see `margins`);
+- budget_exhausted: points where a work budget (solver nodes, search steps, band resolutions) ran
+  out: their lower bound is what was certified by then, deterministically;
+- time_limit_hit: points stopped by the wall-clock safety net (their results may depend on machine
+  speed; raise the time limit or lower the work budgets);
 - milp_fallback: Veritas points handed to the MILP;
 - point_time: seconds spent on each point (0 for clean-misclassified points);
 - ensemble_mismatch: clean points where the parsed ensemble and the model disagree (a warning is
@@ -27,6 +30,17 @@ from ..base import Candidates
 
 log = logging.getLogger(__name__)
 
+# The wall-clock safety net of the exact tree searches, seconds per point: far above what the work
+# budgets need, so that it does not decide results on a loaded machine.
+DEFAULT_SAFETY_SECONDS = 300.0
+
+
+def check_budget(who: str, what: str, value: object, minimum: int = 1) -> int:
+    """A whole-number work budget >= minimum; AttackError naming the fix otherwise."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or int(value) < minimum:
+        raise AttackError(f"{who}: {what} must be a whole number >= {minimum}, got {value!r}")
+    return int(value)
+
 
 @dataclass
 class PointOutcome:
@@ -37,7 +51,8 @@ class PointOutcome:
     lower: float = 0.0
     solves: int = 0
     retries: int = 0
-    timed_out: bool = False
+    limited: bool = False  # a work budget ran out
+    time_hit: bool = False  # the wall-clock safety net stopped the search
     fell_back: bool = False  # a Veritas point handed to the MILP
 
 
@@ -59,7 +74,7 @@ def run_points(attack: str, model: Model, ens: TreeEnsemble, X: np.ndarray, y: n
     cand = np.array(X, dtype=np.float64, copy=True)
     lower = np.zeros(n)
     queries = np.zeros(n, dtype=np.int64)
-    retries = timeouts = fallbacks = 0
+    retries = limited = time_hit = fallbacks = 0
     point_time = np.zeros(n)
     wrong = model.predict(X) != y if n else np.zeros(0, dtype=bool)
     if n:
@@ -77,12 +92,15 @@ def run_points(attack: str, model: Model, ens: TreeEnsemble, X: np.ndarray, y: n
         lower[i] = o.lower
         queries[i] = o.solves
         retries += o.retries
-        timeouts += int(o.timed_out)
+        limited += int(o.limited)
+        time_hit += int(o.time_hit)
         fallbacks += int(o.fell_back)
+    if time_hit:
+        log.warning("%s: %d point(s) stopped by the wall-clock safety net; their bounds depend on machine speed", attack, time_hit)
     return Candidates(x_adv=cand, lower_bound=lower, queries=queries, flags={
-        "guard_retries": retries, "timeouts": timeouts, "milp_fallback": fallbacks,
+        "guard_retries": retries, "budget_exhausted": limited, "time_limit_hit": time_hit, "milp_fallback": fallbacks,
         "point_time": point_time, "ensemble_mismatch": mismatch,
     })
 
 
-__all__ = ["PointOutcome", "ensemble_of", "run_points"]
+__all__ = ["DEFAULT_SAFETY_SECONDS", "PointOutcome", "check_budget", "ensemble_of", "run_points"]

@@ -21,9 +21,12 @@ from ...models.base import Model, TreeEnsemble
 from ..base import LINF, Candidates, MinimalAttack, Norm
 from .grid import Grid, next32, point_distance, prev32
 from .local_search import LocalSearch
-from .margins import GUARD_STEPS, Target
-from .milp import MilpSolver
-from .points import PointOutcome, ensemble_of, run_points
+from .margins import Target
+from .milp import DEFAULT_NODES, MilpSolver
+from .points import DEFAULT_SAFETY_SECONDS, PointOutcome, check_budget, ensemble_of, run_points
+
+DEFAULT_QUERY_STEPS = 20000  # Veritas expansions per box query
+DEFAULT_BAND_CHECKS = 32  # band leaf combinations resolved per query (each one model predict)
 
 
 class _VeritasTarget:
@@ -63,14 +66,20 @@ class VeritasLinf(MinimalAttack):
     """Exact minimal linf perturbation by a search over candidate radii with Veritas' output bounds.
 
     The optimum is one of finitely many radii (the distances from x to the interval ends), so the
-    search bisects over that sorted list; each step asks Veritas for the maximum of a target margin
-    over the exact box of float32 points reachable at that radius. An upper bound below the guard
-    certifies "no adversarial at this radius"; a solution above it is decoded to the closest
-    point, verified with the model, and lowers the radius. A cheap local search answers the easy
-    "yes" questions first. A point whose query Veritas cannot settle within `query_time_limit`
-    seconds (or the point's `time_limit`) goes to the MILP with the best point found so far
-    (`milp_time_limit` seconds; counted in flags["milp_fallback"]). `focal_eps` is Veritas' focal
-    search parameter (1 = plain best-first A*).
+    search bisects over that sorted list; each step asks Veritas (Devos et al., "Versatile
+    Verification of Tree Ensembles", ICML 2021) for the leaf combinations whose target margin reaches
+    the certification band M >= -delta (see `margins`) inside the exact box of float32 points
+    reachable at that radius, best first. An upper bound below -delta certifies "no adversarial at
+    this radius"; each combination found is decoded to its closest point and checked with the model's
+    own predict: a flip lowers the radius, a non-flip is resolved (every input with the same leaves
+    gets the same library output) and the enumeration goes on. A cheap local search answers the easy
+    "yes" questions first.
+
+    Work budgets (deterministic): `query_steps` Veritas expansions and `max_cuts` resolved band
+    combinations per query; a point whose query is not settled within them goes to the MILP with the
+    best point found so far (`node_limit` nodes per solve; counted in flags["milp_fallback"]).
+    `time_limit` (seconds per point) is only a safety net. `focal_eps` is Veritas' focal search
+    parameter (1 = plain best-first A*).
     """
 
     name = "veritas"
@@ -81,9 +90,10 @@ class VeritasLinf(MinimalAttack):
 
     def __init__(
         self,
-        time_limit: float = 30.0,
-        milp_time_limit: float | None = None,
-        query_time_limit: float = 1.0,
+        query_steps: int = DEFAULT_QUERY_STEPS,
+        max_cuts: int = DEFAULT_BAND_CHECKS,
+        node_limit: int = DEFAULT_NODES,
+        time_limit: float = DEFAULT_SAFETY_SECONDS,
         focal_eps: float = 1.0,
         max_memory_mb: int = 1024,
         seed: int = 0,
@@ -92,12 +102,11 @@ class VeritasLinf(MinimalAttack):
             raise AttackError(f"veritas: time_limit must be > 0 seconds, got {time_limit!r}")
         if not 0 < focal_eps <= 1:
             raise AttackError(f"veritas: focal_eps must be in (0, 1], got {focal_eps!r}")
-        if not query_time_limit > 0:
-            raise AttackError(f"veritas: query_time_limit must be > 0 seconds, got {query_time_limit!r}")
+        self.query_steps = check_budget("veritas", "query_steps", query_steps)
+        self.max_cuts = check_budget("veritas", "max_cuts", max_cuts, minimum=0)
+        self.node_limit = check_budget("veritas", "node_limit", node_limit)
         self.focal_eps = float(focal_eps)
-        self.query_time_limit = float(query_time_limit)
         self.time_limit = float(time_limit)
-        self.milp_time_limit = float(milp_time_limit) if milp_time_limit is not None else float(time_limit)
         self.max_memory = int(max_memory_mb) * 1024 * 1024
         self.seed = seed
 
@@ -123,7 +132,7 @@ class VeritasLinf(MinimalAttack):
         ens = ensemble_of(model, self.name)
         if ens.threshold_dtype != "float32":
             raise AttackError(f"veritas: {model.name!r} compares {ens.threshold_dtype} thresholds, Veritas splits in float32 only; use attack 'milp'")
-        milp_solver = MilpSolver(ens, model, norm, 1e-6)
+        milp_solver = MilpSolver(ens, model, norm, 1e-6, self.node_limit, time_limit=self.time_limit)
         vts: dict[tuple[int, int], _VeritasTarget] = {}
 
         def vt_of(t: Target) -> _VeritasTarget:
@@ -134,44 +143,57 @@ class VeritasLinf(MinimalAttack):
 
         return run_points(self.name, model, ens, X, y, lambda x, yi: self._solve_point(ens, model, milp_solver, vt_of, x, yi))
 
-    def _query(self, vt: _VeritasTarget, box: dict[int, Any], x: np.ndarray, y: int, model: Model, guard: float,
-               budget: float) -> tuple[str, np.ndarray | None]:
-        """Ask whether margin >= guard is reachable in `box`.
+    def _query(self, vt: _VeritasTarget, box: dict[int, Any], x: np.ndarray, y: int, model: Model,
+               out: PointOutcome) -> tuple[str, np.ndarray | None]:
+        """Is an input the model moves off class y reachable in `box` through this target?
 
-        ("adv", point): a verified adversarial; ("none", None): certified unreachable; ("numeric",
-        None): reachable by the ensemble's rule but no decoded point flips the model (retry with a
-        larger guard); ("unknown", None): not settled within `budget` seconds.
+        ("adv", point): a verified adversarial; ("none", None): certified: no leaf combination in the
+        box reaches M >= -delta except ones the model was seen not to flip; ("unknown", None): not
+        settled within the work budgets.
         """
+        guard = vt.target.guard(0)
         if vt.empty:  # the margin is a constant
-            if vt.c0 >= guard and int(model.predict(x[None])[0]) != y:
+            if vt.c0 < guard:
+                return "none", None
+            if int(model.predict(x[None])[0]) != y:
                 return "adv", x.copy()
-            return ("none", None) if vt.c0 < guard else ("numeric", None)
-        return self._search(vt, box, x, y, model, guard, budget)
+            return "none", None  # the constant combination (this point's) does not flip
+        return self._search(vt, box, x, y, model, guard, out)
 
     def _search(self, vt: _VeritasTarget, box: dict[int, Any], x: np.ndarray, y: int, model: Model, guard: float,
-                budget: float) -> tuple[str, np.ndarray | None]:
-        """One Veritas search for margin >= guard in `box` (answers as in `_query`)."""
+                out: PointOutcome) -> tuple[str, np.ndarray | None]:
+        """Enumerate the box's leaf combinations with margin >= guard, best first (answers as in `_query`)."""
         import veritas
 
         cfg = veritas.Config(veritas.HeuristicType.MAX_OUTPUT)
-        cfg.stop_when_optimal = True
+        cfg.stop_when_optimal = False
         cfg.ignore_state_when_worse_than = guard
-        cfg.stop_when_atleast_bound_better_than = guard
+        cfg.stop_when_num_new_solutions_exceeds = 0  # hand every new combination back to be checked
         cfg.max_memory = self.max_memory
         cfg.focal_eps = self.focal_eps
         s = cfg.get_search(vt.at, [box.get(f, veritas.Interval()) for f in range(vt.n_feat)])
-        reason = s.step_for(max(budget, 1e-3), 100)
-        sols = [s.get_solution(i) for i in range(min(s.num_solutions(), 20))]
-        sols = [q for q in sols if q.output >= guard]
-        for q in sols:
-            xa = self._closest(x, q.box())
-            if int(model.predict(xa[None])[0]) != y:
-                return "adv", xa
-        if sols:
-            return "numeric", None
-        if reason in (veritas.StopReason.NO_MORE_OPEN, veritas.StopReason.OPTIMAL) or s.current_bounds().best < guard:
-            return "none", None
-        return "unknown", None
+        seen = resolved = 0
+        chunk = min(1000, self.query_steps)
+        while True:
+            reason = s.steps(chunk)
+            for i in range(seen, s.num_solutions()):
+                q = s.get_solution(i)
+                if q.output < guard:
+                    continue
+                xa = self._closest(x, q.box())
+                if int(model.predict(xa[None])[0]) != y:
+                    return "adv", xa
+                resolved += 1
+                out.retries += 1
+                if resolved > self.max_cuts:
+                    out.limited = True
+                    return "unknown", None
+            seen = s.num_solutions()
+            if reason == veritas.StopReason.NO_MORE_OPEN or s.num_open() == 0 or s.current_bounds().top_of_open < guard:
+                return "none", None
+            if reason == veritas.StopReason.OUT_OF_MEMORY or int(s.stats.num_steps) >= self.query_steps:
+                out.limited = True
+                return "unknown", None
 
     @staticmethod
     def _closest(x: np.ndarray, box: dict[int, Any]) -> np.ndarray:
@@ -209,8 +231,7 @@ class VeritasLinf(MinimalAttack):
     def _solve_point(self, ens: TreeEnsemble, model: Model, milp_solver: MilpSolver,
                      vt_of: Callable[[Target], _VeritasTarget], x: np.ndarray, y: int) -> PointOutcome:
         """Bisection over the candidate radii of x; the MILP takes over when a query stays undecided."""
-        t_start = time.perf_counter()
-        deadline = t_start + self.time_limit
+        deadline = time.perf_counter() + self.time_limit
         out = PointOutcome()
         grid = milp_solver.grid
         search = LocalSearch(milp_solver.flat, grid, model, x, y, deadline)
@@ -220,42 +241,32 @@ class VeritasLinf(MinimalAttack):
         if len(targets) > 1:
             clean = ens.raw(x[None])[0]
             targets = sorted(targets, key=lambda t: -(clean[t.k] - clean[t.y]))
-        levels = {(t.k, t.y): 0 for t in targets}
 
-        def query(delta: float) -> tuple[str, np.ndarray | None, bool]:
-            """("adv", point) / ("none", None) / ("unknown", None) at radius delta, and whether a
-            "none" is certified (every target answered without a raised guard)."""
+        def query(delta: float) -> tuple[str, np.ndarray | None]:
+            """("adv", point), ("none", None) (certified) or ("unknown", None) at radius delta."""
             quick = search.within(delta)
             if quick is not None:
-                return "adv", quick, False
+                return "adv", quick
             box = self._box_at(grid, dists, delta)
-            status, certified = "none", True
+            status = "none"
             for t in targets:
-                key = (t.k, t.y)
-                while True:
-                    budget = min(deadline - time.perf_counter(), self.query_time_limit)
-                    if budget <= 0:
-                        return "unknown", None, False
-                    r, xa = self._query(vt_of(t), box, x, y, model, t.guard(levels[key]), budget)
-                    out.solves += 1
-                    if r == "numeric" and levels[key] + 1 < len(GUARD_STEPS):
-                        levels[key] += 1
-                        out.retries += 1
-                        continue
-                    break
+                if time.perf_counter() > deadline:
+                    out.time_hit = True
+                    return "unknown", None
+                r, xa = self._query(vt_of(t), box, x, y, model, out)
+                out.solves += 1
                 if r == "adv":
-                    return "adv", xa, False
+                    return "adv", xa
                 if r != "none":
                     status = "unknown"
-                certified &= levels[key] == 0
-            return status, None, certified
+            return status, None
 
-        lo = lo_cert = 0
+        lo = 0
         hi = int(np.searchsorted(C, out.dist)) if np.isfinite(out.dist) else C.size
         undecided = False
         while lo < hi:
             mid = (lo + hi) // 2
-            r, xa, certified = query(float(C[mid]))
+            r, xa = query(float(C[mid]))
             if r == "adv" and xa is not None:
                 d = point_distance(x, xa, LINF)
                 if d < out.dist:
@@ -263,18 +274,17 @@ class VeritasLinf(MinimalAttack):
                 hi = min(mid, int(np.searchsorted(C, d)))
             elif r == "none":
                 lo = mid + 1
-                if certified:
-                    lo_cert = lo
             else:
                 undecided = True
                 break
-        # no adversarial within any radius below C[lo_cert]; C[0] is the cheapest move
-        out.lower = min(float(C[lo_cert]) if lo_cert < C.size else np.inf, out.dist)
+        # no adversarial within any radius below C[lo]; C[0] is the cheapest move
+        out.lower = min(float(C[lo]) if lo < C.size else np.inf, out.dist)
         if undecided:
-            out.timed_out = True
-            fb = milp_solver.solve_point(x, y, time.perf_counter() + self.milp_time_limit, best=out.x_adv)
+            fb = milp_solver.solve_point(x, y, best=out.x_adv, deadline=max(deadline, time.perf_counter() + 1.0))
             out.solves += fb.solves
             out.retries += fb.retries
+            out.limited |= fb.limited
+            out.time_hit |= fb.time_hit
             if fb.x_adv is not None and fb.dist < out.dist:
                 out.x_adv, out.dist = fb.x_adv, fb.dist
             out.lower = min(max(out.lower, fb.lower), out.dist)
