@@ -1,12 +1,13 @@
 """Run every benchmark and write benchmarks/RESULTS.md: one table of ratios against their targets.
 
-  python -m benchmarks [--quick | --full] [--only rfm metrics attacks plan adapters]
+  python -m benchmarks [--quick | --full] [--only rfm metrics attacks plan adapters certify]
 
 Sections: RFM fit vs xRFM (benchmarks.rfm), batched metrics vs the per-point loop (benchmarks.metrics),
 attacks vs AutoAttack / Foolbox / torchattacks / Veritas (benchmarks.attacks), and the plan's wall
-time and scaling (benchmarks.plan_scaling), and each wrap() adapter's strongest attack path vs the
-black-box HopSkipJump path (benchmarks.adapters). rfm and metrics run in their own processes (their
-tables go to a temporary file, not to benchmarks/results/); the others run in this process. The
+time and scaling (benchmarks.plan_scaling), each wrap() adapter's strongest attack path vs the
+black-box HopSkipJump path (benchmarks.adapters), and each certifier's speed and tightness against
+the attack radius, with its soundness check (benchmarks.certify). rfm and metrics run in their own
+processes (their tables go to a temporary file, not to benchmarks/results/); the others run in this process. The
 1-minute load average is sampled every 5 s, since the timings are only meaningful beside it.
 """
 from __future__ import annotations
@@ -29,7 +30,7 @@ from benchmarks import machine_info
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 RESULTS = HERE / "RESULTS.md"
-SECTIONS = ("rfm", "metrics", "attacks", "plan", "adapters")
+SECTIONS = ("rfm", "metrics", "attacks", "plan", "adapters", "certify")
 
 RFM_ARGS = {"quick": ["--sizes", "2000", "--dtypes", "float32", "--repeats", "3"],
             "default": ["--sizes", "2000", "5000", "--dtypes", "float32", "--repeats", "3"],
@@ -121,6 +122,12 @@ def bench_adapters(mode: str, tmp: Path) -> dict[str, Any]:
     return adapters.run(quick=mode == "quick")
 
 
+def bench_certify(mode: str, tmp: Path) -> dict[str, Any]:
+    from benchmarks import certify
+
+    return certify.run(quick=mode == "quick")
+
+
 def verdict(ok: bool | None) -> str:
     return "—" if ok is None else ("pass" if ok else "**miss**")
 
@@ -184,6 +191,11 @@ def summary_rows(res: dict[str, Any]) -> list[tuple[str, str, str, str]]:
         from benchmarks.adapters import summary_rows as adapter_rows
 
         rows += [(what, measured, target, verdict(ok)) for what, measured, target, ok in adapter_rows(ad)]
+    ce = res.get("certify")
+    if isinstance(ce, dict):
+        from benchmarks.certify import summary_rows as certify_rows
+
+        rows += [(what, measured, target, verdict(ok)) for what, measured, target, ok in certify_rows(ce)]
     for name in SECTIONS:
         if isinstance(res.get(name), str):
             rows.append((f"{name} benchmark", "failed: " + res[name].splitlines()[-1][:200], "", "**error**"))
@@ -240,7 +252,8 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(1)
     info = machine_info()
     runners: dict[str, Callable[[str, Path], dict[str, Any]]] = {
-        "rfm": bench_rfm, "metrics": bench_metrics, "attacks": bench_attacks, "plan": bench_plan, "adapters": bench_adapters}
+        "rfm": bench_rfm, "metrics": bench_metrics, "attacks": bench_attacks, "plan": bench_plan, "adapters": bench_adapters,
+        "certify": bench_certify}
     res: dict[str, Any] = {}
     loads: dict[str, tuple[float, float]] = {}
     seconds: dict[str, float] = {}

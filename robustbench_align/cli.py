@@ -94,13 +94,18 @@ def _write_all_reports(store: str, out: str) -> dict[str, Path]:
     return write_reports(board, out, overall, points=points, runs=runs)
 
 
+_CERTIFY_HELP = ("Lower bounds per point: auto (default: the strongest certifier the model allows), none, "
+                 "or one of crown, alpha-crown, ibp, milp, kernel.")
+
+
 @app.command()
 def run(
     config: Path | None = typer.Option(None, "--config", help="TOML plan file (keys: models, datasets, threats, seeds, points, ...)."),
     workers: int = typer.Option(1, "--workers", help="Local worker processes."),
     dask: str | None = typer.Option(None, "--dask", help="Address of an existing Dask scheduler, e.g. tcp://host:8786."),
     quick: bool = typer.Option(False, "--quick", help="Smoke run: 2 datasets, 10 points."),
-    full: bool = typer.Option(False, "--full", help="Every test point, longer exact-attack time limits."),
+    full: bool = typer.Option(False, "--full", help="Every test point, full-effort attacks."),
+    certify: str | None = typer.Option(None, "--certify", help=_CERTIFY_HELP),
     store: str = typer.Option(DEFAULT_STORE, "--store", help="SQLite result store."),
     cache: str = typer.Option(DEFAULT_CACHE, "--cache", help="Directory of cached fitted models."),
     out: str = typer.Option(DEFAULT_OUT, "--out", help="Directory for the leaderboard files."),
@@ -115,6 +120,9 @@ def run(
     if dask and workers != 1:
         raise ConfigError("use either --workers or --dask, not both")
     plan = load_plan(config, quick=quick, full=full)
+    if certify is not None:
+        plan.certify = certify
+        plan.validate()
     summary = run_plan(plan, store, cache_dir=cache, workers=workers, dask_address=dask, retry_failed=retry_failed,
                        progress=not _state["quiet"], wait=wait)
     files = _write_all_reports(store, out)
@@ -182,18 +190,23 @@ def evaluate(
     store: str = typer.Option(DEFAULT_STORE, "--store"),
     out: str = typer.Option(DEFAULT_OUT, "--out"),
     trust_pickle: bool = typer.Option(False, "--trust-pickle", help="Allow loading a pickle file (executes code)."),
+    certify: str | None = typer.Option(None, "--certify", help=_CERTIFY_HELP),
 ) -> None:
     """Evaluate a new model under the plan's threat models and rank it in the same leaderboard."""
     from .runner.api import evaluate as _evaluate
     from .runner.config import load_plan
 
     plan = load_plan(config)
+    if certify is not None:
+        plan.certify = certify
+        plan.validate()
     obj, is_registry = _load_target(target, trust_pickle)
     frames = []
     for seed in plan.seeds:
         shown_name = name or (None if is_registry else getattr(obj, "name", None) or Path(target).stem)
         frames.append(_evaluate(obj, dataset, threats=plan.threats, points=plan.points, seed=seed, name=shown_name,
-                                store=store, attack_time_limit=plan.attack_time_limit, dataset_params=plan.dataset_params.get(dataset)))
+                                store=store, attack_time_limit=plan.attack_time_limit, dataset_params=plan.dataset_params.get(dataset),
+                                certify=plan.certify))
     files = _write_all_reports(store, out)
     from .reports.export import display_frame
     from .reports.tables import leaderboard

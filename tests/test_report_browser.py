@@ -1,4 +1,6 @@
-"""The HTML leaderboard in a real headless Chromium: loads cleanly, one row per model, sorting works, plots render."""
+"""The HTML leaderboard in a real headless Chromium: loads cleanly, one row per model, sorting works, plots render,
+certified numbers and curves shown where lower bounds exist and only there."""
+import json
 import shutil
 from pathlib import Path
 
@@ -11,13 +13,21 @@ from robustbench_align.reports.tables import leaderboard_from_frames, overall_ra
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 ARTIFACTS = Path(__file__).resolve().parent.parent / "reports" / "test-artifacts"
+MODELS = [("mlp", "mlp"), ("rfam", "rfam"), ("xgb", "xgboost"), ('<script>alert("x")</script>', "user")]
+
+
+def _lower(ds, fam, radius):
+    """Certified lower bounds on wine only: exact for xgboost (bracket closed), half the radius for rfam; none elsewhere."""
+    if ds != "wine" or fam not in ("xgboost", "rfam"):
+        return np.nan
+    return radius if fam == "xgboost" else 0.5 * radius
 
 
 def _frames():
-    """Runs and points of 4 models (one with a hostile name) on 2 datasets, with known radii."""
+    """Runs and points of 4 models (one with a hostile name) on 2 datasets, with known radii (lower bounds on wine for 2 models)."""
     rng = np.random.default_rng(0)
     runs, pts = [], []
-    models = [("mlp", "mlp"), ("rfam", "rfam"), ("xgb", "xgboost"), ('<script>alert("x")</script>', "user")]
+    models = MODELS
     for ds in ["wine", "iris"]:
         for k, (m, fam) in enumerate(models):
             rid = f"{ds}-{k}"
@@ -26,7 +36,7 @@ def _frames():
             for i in range(10):
                 r = float(rng.uniform(0, 0.3 * (k + 1)))
                 pts.append({"run_id": rid, "model": m, "family": fam, "dataset": ds, "threat": "linf", "norm": "linf", "seed": 0,
-                            "idx": i, "correct": int(i != 0), "radius": 0.0 if i == 0 else r, "lower_bound": np.nan,
+                            "idx": i, "correct": int(i != 0), "radius": 0.0 if i == 0 else r, "lower_bound": _lower(ds, fam, 0.0 if i == 0 else r),
                             "robust_at": {e: int((0.0 if i == 0 else r) > float(e)) for e in ("0.1", "0.5")},
                             "normal_alignment": np.nan if fam == "xgboost" else rng.uniform(), "centroid_alignment": 0.1, "effective_rank": 1.5})
     return pd.DataFrame(runs), pd.DataFrame(pts)
@@ -89,6 +99,27 @@ def test_page_in_headless_chromium(tmp_path):
         header.click()
         desc = [float(t) for t in section.locator(f"tbody tr td:nth-child({col})").all_inner_texts()]
         assert asc == sorted(asc) and desc == sorted(desc, reverse=True) and asc != desc
+        # empirical and certified numbers side by side; the closed bracket is marked
+        cols = [h.get_attribute("data-col") for h in section.locator("th").all()]
+        assert cols.index("certified_acc@0.1") == cols.index("robust_acc@0.1") + 1 and {"certified_radius", "gap", "exact"} <= set(cols)
+        cells = {r.locator("td").nth(1).inner_text(): r.locator("td").all_inner_texts() for r in rows.all()}
+        assert cells["xgb"][cols.index("exact")] == "100.0 ✓" and cells["xgb"][cols.index("gap")] == "1.00"
+        assert cells["xgb"][cols.index("median_radius")].endswith("(exact)")
+        assert cells["rfam"][cols.index("gap")] == "2.00" and cells["rfam"][cols.index("exact")] == "0.0"
+        assert cells["mlp"][cols.index("certified_radius")] == "–" and cells["mlp"][cols.index("certified_acc@0.1")] == "–"
+        iris = page.locator('section.board[data-dataset="iris"]')
+        assert not [c for c in (h.get_attribute("data-col") for h in iris.locator("th").all()) if c and c.startswith("certified")]
+        # one figure per block: the certified curve for the models with lower bounds, none for the others
+        wine_fig, iris_fig = section.locator("img.curves"), iris.locator("img.curves")
+        assert wine_fig.count() == iris_fig.count() == 1
+        assert json.loads(wine_fig.get_attribute("data-certified")) == ["rfam", "xgb"]
+        assert json.loads(wine_fig.get_attribute("data-models")) == sorted(m for m, _ in MODELS)
+        assert json.loads(iris_fig.get_attribute("data-certified")) == []
+        assert "No certified curve (no lower bounds) for: " in section.locator("p.caption").inner_text()
+        assert "No certified curve" in iris.locator("p.caption").inner_text()
+        legend = page.locator("#column-definitions td.col").all_inner_texts()
+        assert {"robust_acc@ε", "certified_acc@ε", "certified_radius", "gap", "exact"} <= set(legend)
+        assert page.locator("#column-definitions").is_visible()
         imgs = page.locator("img.plot")
         assert imgs.count() >= 2
         widths = page.eval_on_selector_all("img.plot", "els => els.map(e => e.complete ? e.naturalWidth : 0)")

@@ -76,16 +76,25 @@ def _prepare(model: Any, X: Any, y: Any, norm: str) -> tuple[Model, np.ndarray, 
 # Public entry points
 # ----------------------------------------------------------------------------------------
 def minimal_radius(model: Any, X: Any, y: Any, norm: str = "linf", *, attacks: Any = None, threat: Any = None,
-                   seed: int = 0, **kw: Any) -> RadiusResult:
-    """Per-point minimal adversarial distance under `norm`: the best verified result over an attack ensemble.
+                   seed: int = 0, certify: Any = True, certify_budgets: Mapping[str, Any] | None = None, **kw: Any) -> RadiusResult:
+    """Per-point minimal adversarial distance under `norm`, bracketed: the best verified adversarial over an
+    attack ensemble (an upper bound on the true radius) and a certified lower bound.
 
     attacks: registry names / (name, kwargs) / Attack instances (each must apply to the model);
     default: the threat model's attacks the model's capabilities allow (threat defaults to the
-    norm's, e.g. "linf"; a threat model sets the norm). Extra keywords: effort ("fast", "default",
-    "full"), checks (bool), and attack arguments such as time_limit, passed to attacks that take them.
+    norm's, e.g. "linf"; a threat model sets the norm). certify: True/"auto" (the strongest
+    certifier the model allows: the exact attacks for trees and linear models, CROWN for
+    feed-forward torch models plus the complete MILP for small ReLU nets, the kernel bound for
+    RFM/RFAM), a certifier name ("crown", "alpha-crown", "ibp", "milp", "kernel"), or False; the
+    result's lower_bound, exact and certifier are filled per point. certify_budgets: work budgets
+    for the certifiers (steps, iterations, node_limit, ...). Extra keywords: effort ("fast",
+    "default", "full"), checks (bool), and attack arguments such as time_limit, passed to attacks
+    that take them.
     """
+    from ..certify.api import certify_result, check_method
     from .registry import default_threat, get_threat_model
 
+    method = check_method(certify)
     effort = kw.pop("effort", "default")
     do_checks = bool(kw.pop("checks", True))
     if threat is not None:
@@ -98,7 +107,9 @@ def minimal_radius(model: Any, X: Any, y: Any, norm: str = "linf", *, attacks: A
     if threat is None:
         tm = default_threat(norm)
     steps = _steps(m, norm, attacks, tm, "minimal", seed, effort, kw)
-    return EnsembleAttack(steps, checks=do_checks).run(m, X, y, norm)
+    res = EnsembleAttack(steps, checks=do_checks).run(m, X, y, norm)
+    out: RadiusResult = certify_result(m, X, y, res, method, dict(certify_budgets or {}))
+    return out
 
 
 def fixed_eps_run(model: Any, X: Any, y: Any, norm: str = "linf", eps: Any = None, *, attacks: Any = None,

@@ -23,6 +23,8 @@ class RadiusResult(AttackResult):
     per_attack[name] holds each attack's own verified distances (NaN where it did not run, inf
     where it found nothing); attack_times its wall time; clean_correct the clean correctness.
     path: the strongest kind of attack that ran ("exact", "gradient" or "black-box"; see `attack_path`).
+    exact: per point, the bracket is closed (lower_bound == distance, proved); None when not certified.
+    certifier: per point, what gave the lower bound ("veritas", "crown", "milp", ...) or why there is none.
     """
 
     clean_correct: np.ndarray | None = None
@@ -31,6 +33,22 @@ class RadiusResult(AttackResult):
     attack_times: dict[str, float] = field(default_factory=dict)
     attack_rejected: dict[str, int] = field(default_factory=dict)
     per_attack: dict[str, np.ndarray] = field(default_factory=dict)
+    exact: np.ndarray | None = None
+    certifier: np.ndarray | None = None
+
+    def certified_accuracy(self, eps: float | Sequence[float] | np.ndarray) -> np.ndarray:
+        """Certified robust accuracy at each eps: the share of points that are clean-correct with lower_bound > eps.
+
+        A proved lower bound on the true robust accuracy (robust_accuracy is the empirical upper
+        bound). Zero everywhere when nothing was certified.
+        """
+        e = check_eps(eps)
+        if self.n == 0:
+            return np.full(e.size, np.nan)
+        cc = np.ones(self.n, dtype=bool) if self.clean_correct is None else self.clean_correct
+        lb = np.zeros(self.n) if self.lower_bound is None else np.asarray(self.lower_bound, dtype=np.float64)
+        out: np.ndarray = np.array([float(np.mean(cc & (lb > v))) for v in e])
+        return out
 
     def curve(self, eps_grid: Sequence[float] | None = None) -> Any:
         """Robust accuracy vs eps as a DataFrame (eps, robust_accuracy); eps 0 gives the clean accuracy."""

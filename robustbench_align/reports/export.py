@@ -14,26 +14,73 @@ from ..metrics.registry import LEADERBOARD_METRICS
 
 FORMATS = ("md", "html", "latex", "csv", "json")
 
-_PCT = ("clean_accuracy", "certified")
+_PCT = ("clean_accuracy", "exact", "certified")  # "certified": the exact share's name in older boards
+
+EXACT_MARK = "✓"  # shown beside an exact share of 100 %
+EXACT_RADIUS = " (exact)"  # appended to median_radius where every bracket is closed
+
+# One line per column, shown under the Markdown tables and on the HTML page (no `<`/`>`: the
+# Markdown page keeps none). ε is the budget in the threat model's norm.
+COLUMN_DEFINITIONS: tuple[tuple[str, str], ...] = (
+    ("rank", "rank within (dataset, threat model) by auc (fixed-ε threat models: mean robust accuracy); 1 = most robust"),
+    ("clean_accuracy", "% of evaluated test points classified correctly (clean-correct)"),
+    ("robust_acc@ε", "% of all evaluated points that are clean-correct with no verified adversarial within ε: "
+                     "empirical, an upper bound on the true robust accuracy (a stronger attack can only lower it)"),
+    ("certified_acc@ε", "% of all evaluated points that are clean-correct with a certified lower bound exceeding ε "
+                        "(no adversarial within ε, proved): a lower bound on the true robust accuracy; – where no certifier ran"),
+    ("median_radius", "median smallest verified adversarial distance over clean-correct points (upper end of the bracket; "
+                      "∞ if none was found); marked (exact) where every bracket is closed"),
+    ("certified_radius", "median certified lower bound over clean-correct points (lower end of the bracket; "
+                         "a point without a bound counts as 0; – where no certifier ran)"),
+    ("gap", "median over clean-correct points of radius / certified lower bound: 1.00 = bracket closed, "
+            "∞ = nothing proved below a found adversarial"),
+    ("exact", "% of clean-correct points whose bracket is closed (lower bound = radius, proved by a complete method); ✓ = all"),
+    ("auc", "normalised area under the robust-accuracy-vs-ε curve on [0, ε_max] = mean(min(radius, ε_max)) / ε_max"),
+    ("certifier", "the certifiers that gave the lower bounds"),
+)
 
 
 def _fmt(v: Any, col: str) -> str:
     if v is None or (isinstance(v, float) and math.isnan(v)):
         return "–"
     if isinstance(v, (float, np.floating)):
-        if col.startswith("robust_acc@") or col in _PCT:
+        if col.startswith(("robust_acc@", "certified_acc@")) or col in _PCT:
             return f"{100 * v:.1f}"
         if col in ("fit_time", "eval_time"):
             return f"{v:.1f}"
         if math.isinf(v):
             return "∞"
+        if col == "gap":
+            return f"{v:.2f}"
         return f"{v:.3g}" if abs(float(v)) < 1000 else f"{v:.0f}"
     return str(v)
 
 
+def is_exact(v: Any) -> bool:
+    """True for an exact share of 1 (every clean-correct point's bracket closed, in every seed)."""
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return False
+    return math.isfinite(f) and f >= 1 - 1e-9
+
+
 def display_frame(board: pd.DataFrame) -> pd.DataFrame:
-    """Human-readable strings (percentages for accuracies); column names kept."""
-    return pd.DataFrame({c: [_fmt(v, c) for v in board[c]] for c in board.columns}, index=board.index)
+    """Human-readable strings (percentages for accuracies); column names kept.
+
+    A row whose `exact` share is 1 shows ✓ beside it and "(exact)" after its median radius: the
+    radius is then the minimal adversarial distance, not only an upper bound on it.
+    """
+    disp = pd.DataFrame({c: [_fmt(v, c) for v in board[c]] for c in board.columns}, index=board.index)
+    share = "exact" if "exact" in board else "certified" if "certified" in board else None
+    if share is not None:
+        closed = np.array([is_exact(v) for v in board[share]], dtype=bool)
+        if closed.any():
+            disp.loc[closed, share] = disp.loc[closed, share] + " " + EXACT_MARK
+            if "median_radius" in disp:
+                has = closed & board["median_radius"].notna().to_numpy()
+                disp.loc[has, "median_radius"] = disp.loc[has, "median_radius"] + EXACT_RADIUS
+    return disp
 
 
 def _md_escape(s: object) -> str:
@@ -47,7 +94,8 @@ def to_markdown(board: pd.DataFrame, overall: pd.DataFrame | None = None, title:
     lines = [f"# {_md_escape(title)}", ""]
     if board.empty:
         return "\n".join(lines + ["No finished runs."])
-    lines += ["Accuracies in %; radii in the threat model's norm on standardised features. Columns are defined in the README.", ""]
+    lines += ["Accuracies in %; radii in the threat model's norm on standardised features. Empirical (attack) and certified "
+              "numbers side by side; columns are defined at the end and in the README.", ""]
     if overall is not None and not overall.empty:
         lines += ["## Overall ranking (mean rank across datasets)", ""]
         lines += _md_table(overall)
@@ -55,6 +103,8 @@ def to_markdown(board: pd.DataFrame, overall: pd.DataFrame | None = None, title:
         lines += [f"## {_md_escape(ds)} — {_md_escape(th)}", ""]
         sub = sub.drop(columns=["dataset", "threat"]).dropna(axis=1, how="all")
         lines += _md_table(sub)
+    lines += ["## Column definitions", ""]
+    lines += [f"- `{name}`: {text}" for name, text in COLUMN_DEFINITIONS]
     return "\n".join(lines) + "\n"
 
 
@@ -67,7 +117,8 @@ def _md_table(df: pd.DataFrame) -> list[str]:
 
 
 _LATEX_SPECIAL = {"&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}",
-                  "^": r"\textasciicircum{}", "\\": r"\textbackslash{}", "<": r"\textless{}", ">": r"\textgreater{}"}
+                  "^": r"\textasciicircum{}", "\\": r"\textbackslash{}", "<": r"\textless{}", ">": r"\textgreater{}",
+                  "∞": r"\ensuremath{\infty}", "✓": r"\ensuremath{\checkmark}", "–": "--"}  # \checkmark: amssymb
 
 
 def _tex(s: Any) -> str:
@@ -82,7 +133,9 @@ def to_latex(board: pd.DataFrame) -> str:
         sub = sub.drop(columns=["dataset", "threat", "attacks", "flags"], errors="ignore").dropna(axis=1, how="all")
         disp = display_frame(sub)
         out.append(r"\begin{table}[t]\centering\small")
-        out.append(rf"\caption{{Robustness leaderboard: {_tex(ds)}, threat model {_tex(th)}}}")
+        out.append(rf"\caption{{Robustness leaderboard: {_tex(ds)}, threat model {_tex(th)}. "
+                   r"robust\_acc: empirical (an upper bound on the true robust accuracy); "
+                   r"certified\_acc: proved (a lower bound).}")
         out.append(r"\begin{tabular}{" + "l" * 2 + "r" * (len(disp.columns) - 2) + "}")
         out.append(r"\toprule")
         out.append(" & ".join(_tex(c) for c in disp.columns) + r" \\")
@@ -106,16 +159,26 @@ def _num(v: Any) -> Any:
 
 
 def to_json_rows(board: pd.DataFrame) -> list[dict[str, Any]]:
-    """One RobustBench-like row per (model, dataset, threat); numbers stay numbers (NaN -> null)."""
+    """One RobustBench-like row per (model, dataset, threat); numbers stay numbers (NaN -> null, ∞ -> "inf").
+
+    `robust_acc` (empirical) and `certified_acc` (proved) per eps, `median_radius` and
+    `certified_radius` (the two ends of the bracket), `gap`, `exact_fraction` (also under its older
+    key `certified_fraction`) and `certifiers`.
+    """
     rows = []
     for _, r in board.iterrows():
         eps = sorted([c.split("@", 1)[1] for c in board.columns if c.startswith("robust_acc@") and not pd.isna(r[c])], key=float)
+        exact = r.get("exact") if "exact" in board else r.get("certified")  # boards written before the rename
         rows.append({
             "name": r["model"], "model": r["model"], "family": r.get("family"), "path": r.get("path"), "dataset": r["dataset"],
             "threat_model": r["threat"],
             "rank": _num(r.get("rank")), "clean_acc": _num(r.get("clean_accuracy")),
             "eps": [float(e) for e in eps], "robust_acc": {e: _num(r[f"robust_acc@{e}"]) for e in eps},
-            "median_radius": _num(r.get("median_radius")), "auc": _num(r.get("auc")), "certified_fraction": _num(r.get("certified")),
+            "certified_acc": {e: _num(r.get(f"certified_acc@{e}")) for e in eps},
+            "median_radius": _num(r.get("median_radius")), "certified_radius": _num(r.get("certified_radius")), "gap": _num(r.get("gap")),
+            "exact_fraction": _num(exact), "certified_fraction": _num(exact),  # certified_fraction: the older key, same number
+            "certifiers": [a.strip() for a in _text(r.get("certifier")).split(",") if a.strip()],
+            "auc": _num(r.get("auc")),
             **{m.key: _num(r.get(m.name)) for m in LEADERBOARD_METRICS},
             "attacks": [a.strip() for a in str(r.get("attacks") or "").split(",") if a.strip()],
             "flags": [a.strip() for a in str(r.get("flags") or "").split(",") if a.strip()],
@@ -160,3 +223,8 @@ def write_reports(board: pd.DataFrame, out_dir: str | os.PathLike, overall: pd.D
         os.replace(tmp, path)
         written[fmt] = path
     return written
+
+
+def _text(v: Any) -> str:
+    """v when it is a string, else "" (NaN/None cells of a text column)."""
+    return v if isinstance(v, str) else ""

@@ -1,4 +1,10 @@
-"""The static HTML leaderboard page: one Jinja2 template (autoescaped), sortable tables, embedded plots."""
+"""The static HTML leaderboard page: one Jinja2 template (autoescaped), sortable tables, embedded plots.
+
+Self-contained: styles, the sorter and the figures (PNG data: URIs) are inline, nothing is fetched
+when the page is viewed. Per (dataset, threat) one table and one figure with each model's empirical
+robust-accuracy curve and, where lower bounds exist, its certified curve (dashed, the bracket
+between the two shaded); a definitions table explains the columns.
+"""
 from __future__ import annotations
 
 import base64
@@ -8,7 +14,7 @@ from typing import Any, cast
 
 import pandas as pd
 
-from .export import display_frame
+from .export import COLUMN_DEFINITIONS, display_frame
 
 TEXT_COLS = {"model", "family", "attacks", "flags", "threat", "dataset"}
 
@@ -50,8 +56,10 @@ def render_html(board: pd.DataFrame, overall: pd.DataFrame | None = None, *, poi
     for key, sub in board.groupby(["dataset", "threat"], sort=True) if not board.empty else []:
         ds, th = cast("tuple[str, str]", key)  # the store's TEXT columns
         sub = sub.drop(columns=["dataset", "threat"]).dropna(axis=1, how="all")
-        fig = P.robust_curves(points, ds, th) if plots and points is not None and not points.empty else None
-        sections.append({"dataset": ds, "threat": th, **_rows(sub), "figure": _b64(fig)})
+        fig = P.robust_bracket_curves(points, ds, th) if plots and points is not None and not points.empty else None
+        sections.append({"dataset": ds, "threat": th, **_rows(sub), "figure": _b64(fig.png) if fig else None,
+                         "curves": fig.models if fig else [], "certified": fig.certified if fig else [],
+                         "uncertified": [m for m in fig.models if m not in fig.certified] if fig else []})
     figures = []
     if plots and points is not None and not points.empty:
         from ..metrics.stats import correlate
@@ -75,7 +83,9 @@ def render_html(board: pd.DataFrame, overall: pd.DataFrame | None = None, *, poi
     tmpl = _env().get_template("leaderboard.html.j2")
     return tmpl.render(
         title=title,
-        note="Accuracies in %; radii in the threat model's norm on standardised features; columns are defined in the README.",
+        note="Accuracies in %; radii in the threat model's norm on standardised features. Empirical (attack) and certified "
+             "numbers side by side; columns are defined below and in the README.",
+        definitions=COLUMN_DEFINITIONS,
         generated=_dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         overall=_rows(overall) if overall is not None and not overall.empty else None,
         sections=sections, figures=figures, text_cols=TEXT_COLS,

@@ -1,4 +1,5 @@
-"""Report figures (matplotlib, Agg backend): robust accuracy vs eps, alignment vs radius, paired RFAM vs RFM.
+"""Report figures (matplotlib, Agg backend): empirical and certified robust accuracy vs eps, alignment vs radius,
+paired RFAM vs RFM.
 
 Each function returns PNG bytes (and optionally writes them), so the HTML page can embed them.
 """
@@ -6,6 +7,7 @@ from __future__ import annotations
 
 import io
 import os
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
 
@@ -38,34 +40,96 @@ def _png(fig: Any, path: str | os.PathLike | None = None) -> bytes:
     return data
 
 
-def robust_curves(points: pd.DataFrame, dataset: str, threat: str, path: str | os.PathLike | None = None) -> bytes | None:
-    """Robust accuracy vs eps for every model on one dataset/threat (exact step curves from radii)."""
+@dataclass
+class CurveFigure:
+    """A robust-accuracy figure and what it shows.
+
+    png: the PNG bytes. models: every model drawn (empirical curve, solid). certified: the models
+    that also have a certified curve (dashed, same colour, the bracket between the two shaded);
+    a model none of whose points carries a lower bound gets none.
+    """
+
+    png: bytes
+    models: list[str] = field(default_factory=list)
+    certified: list[str] = field(default_factory=list)
+
+
+def _numeric(g: pd.DataFrame, col: str) -> np.ndarray:
+    return pd.to_numeric(g[col], errors="coerce").to_numpy(dtype=float) if col in g else np.full(len(g), np.nan)
+
+
+def certified_curve(g: pd.DataFrame, eps: np.ndarray) -> np.ndarray | None:
+    """Certified robust accuracy at each eps: share of the points that are clean-correct with
+    lower_bound > eps (a missing bound certifies nothing); None when no point has a lower bound."""
+    lower = _numeric(g, "lower_bound")
+    if np.isnan(lower).all():
+        return None
+    correct = _numeric(g, "correct") > 0.5
+    with np.errstate(invalid="ignore"):
+        return np.array([np.mean(correct & (lower > e)) for e in eps], dtype=float)
+
+
+def robust_bracket_curves(points: pd.DataFrame, dataset: str, threat: str, path: str | os.PathLike | None = None) -> CurveFigure | None:
+    """Per model on one dataset/threat, in one plot: the empirical robust accuracy vs eps (solid: share of
+    points with radius > eps, an upper bound on the truth) and, where lower bounds exist, the certified
+    robust accuracy (dashed, same colour: share of clean-correct points with lower_bound > eps, a lower
+    bound); the area between the two, the uncertainty bracket, is shaded lightly."""
     p = points[(points["dataset"] == dataset) & (points["threat"] == threat)]
     if p.empty:
         return None
     plt = _plt()
     fig, ax = plt.subplots(figsize=(5.2, 3.4))
     radius = pd.to_numeric(p["radius"], errors="coerce")
-    if radius.notna().any():
+    radius_grid: np.ndarray | None = None
+    if radius.notna().any():  # exact step curves from radii, on one eps grid for every model
         finite = radius[np.isfinite(radius)]
         emax = float(np.nanpercentile(finite, 95)) * 1.2 if len(finite) else 1.0
         emax = emax if emax > 0 else 1.0
-        grid = np.linspace(0, emax, 200)
-        for model, g in p.groupby("model"):
+        radius_grid = np.linspace(0, emax, 200)
+    models: list[str] = []
+    certified: list[str] = []
+    for model, g in p.groupby("model"):
+        draw: dict[str, Any]
+        if radius_grid is not None:
+            grid = radius_grid
             r = pd.to_numeric(g["radius"], errors="coerce").fillna(0).to_numpy()
-            ax.plot(grid, [(r > e).mean() for e in grid], label=_label(model), lw=1.5)
-    else:
-        for model, g in p.groupby("model"):
+            emp = np.array([(r > e).mean() for e in grid])
+            (line,) = ax.plot(grid, emp, label=_label(model), lw=1.5)
+            draw = {"lw": 1.5}
+        else:
             keys = sorted({k for d in g["robust_at"] if isinstance(d, dict) for k in d}, key=float)
-            acc = [np.mean([d[k] for d in g["robust_at"] if isinstance(d, dict) and k in d]) for k in keys]
-            ax.plot([float(k) for k in keys], acc, marker="o", label=_label(model))
+            grid = np.array([float(k) for k in keys])
+            emp = np.array([np.mean([d[k] for d in g["robust_at"] if isinstance(d, dict) and k in d]) for k in keys])
+            (line,) = ax.plot(grid, emp, marker="o", label=_label(model))
+            draw = {"marker": "o", "markerfacecolor": "none"}
+        models.append(str(model))
+        cert = certified_curve(g, grid) if len(grid) else None
+        if cert is not None:
+            colour = line.get_color()
+            ax.plot(grid, cert, ls="--", color=colour, **draw)
+            ax.fill_between(grid, cert, emp, color=colour, alpha=0.12, lw=0)
+            certified.append(str(model))
+    if certified:
+        from matplotlib.lines import Line2D
+
+        handles, labels = ax.get_legend_handles_labels()
+        handles.append(Line2D([], [], color="0.3", ls="--", lw=1.5))
+        labels.append("certified (dashed)")
+        ax.legend(handles, labels, fontsize=7, frameon=False)
+    else:
+        ax.legend(fontsize=7, frameon=False)
     ax.set_xlabel(f"eps ({p['norm'].iloc[0]})")
     ax.set_ylabel("robust accuracy")
     ax.set_ylim(-0.02, 1.02)
     ax.set_title(_label(f"{dataset} — {threat}"), fontsize=10)
-    ax.legend(fontsize=7, frameon=False)
     ax.grid(alpha=0.3)
-    return _png(fig, path)
+    return CurveFigure(_png(fig, path), models, certified)
+
+
+def robust_curves(points: pd.DataFrame, dataset: str, threat: str, path: str | os.PathLike | None = None) -> bytes | None:
+    """The PNG of `robust_bracket_curves`: empirical and, where lower bounds exist, certified robust accuracy vs eps."""
+    fig = robust_bracket_curves(points, dataset, threat, path)
+    return fig.png if fig is not None else None
 
 
 def scatter_plot(points: pd.DataFrame, x: str, y: str, result: Any = None, path: str | os.PathLike | None = None, hue: str = "model") -> bytes | None:

@@ -45,20 +45,24 @@ def run_plan(plan: Plan, store_path: str | os.PathLike, *, cache_dir: str | None
 
 
 def evaluate(model: Any, dataset: str, *, threats: Iterable[str] = ("linf", "l2"), points: int = 30, seed: int = 0,
-             name: str | None = None, store: str | os.PathLike | None = None, attack_time_limit: float = 3.0,
-             dataset_params: dict[str, Any] | None = None) -> Any:
+             name: str | None = None, store: str | os.PathLike | None = None, attack_time_limit: float = 300.0,
+             dataset_params: dict[str, Any] | None = None, certify: Any = "auto") -> Any:
     """Evaluate one model (a registry name, or any object `wrap` accepts) on one dataset.
 
     Returns a pandas DataFrame with one row per threat model (clean accuracy, robust accuracy at the
-    eps grid, median radius, AUC, alignment means). With `store`, the runs are also written there so
+    eps grid, median radius, AUC, alignment means, and the certified columns). `certify`: "auto"
+    (default), a certifier name or "none" (see `minimal_radius`); `attack_time_limit` is a safety net
+    in seconds per point, the exact attacks stop on deterministic work budgets. With `store`, the runs are also written there so
     the model appears in the same leaderboard as the registry.
     """
+    from ..certify.api import check_method
     from ..models.base import wrap
     from ..reports.tables import summarize_runs
 
+    method = check_method(certify)
     if isinstance(model, str):
         job = Job(model=model, dataset=dataset, seed=seed, threats=list(threats), points=points,
-                  attack_time_limit=attack_time_limit, dataset_params=dict(dataset_params or {}))
+                  attack_time_limit=attack_time_limit, dataset_params=dict(dataset_params or {}), certify=method)
         records = run_job(job)
     else:
         m = wrap(model, name=name)
@@ -71,7 +75,7 @@ def evaluate(model: Any, dataset: str, *, threats: Iterable[str] = ("linf", "l2"
         label = name or getattr(m, "name", None) or "user-model"
         m.name = label
         job = Job(model=label, dataset=dataset, seed=seed, threats=list(threats), points=points, attack_time_limit=attack_time_limit,
-                  dataset_params=dict(dataset_params or {}), model_params={"user_model": label}, model_family="user")
+                  dataset_params=dict(dataset_params or {}), model_params={"user_model": label}, model_family="user", certify=method)
         records = run_job(job, model_obj=m)
     bad = [r for r in records if r.run.get("status") != "ok"]
     if bad and len(bad) == len(records):

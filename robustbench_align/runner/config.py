@@ -37,8 +37,9 @@ class Plan:
     threats: list[str] = field(default_factory=lambda: list(DEFAULT_THREATS))
     seeds: list[int] = field(default_factory=lambda: [0])
     points: int = 30
-    attack_time_limit: float = 3.0
+    attack_time_limit: float = 300.0  # a safety net only: exact attacks stop on their work budgets
     attack_effort: str = "default"
+    certify: str = "auto"
     model_params: dict[str, dict[str, Any]] = field(default_factory=dict)
     dataset_params: dict[str, dict[str, Any]] = field(default_factory=dict)
 
@@ -47,7 +48,7 @@ class Plan:
         return [
             Job(
                 model=m, dataset=d, seed=s, threats=list(self.threats), points=self.points,
-                attack_time_limit=self.attack_time_limit, attack_effort=self.attack_effort,
+                attack_time_limit=self.attack_time_limit, attack_effort=self.attack_effort, certify=self.certify,
                 model_params=dict(self.model_params.get(m, {})), dataset_params=dict(self.dataset_params.get(d, {})),
                 cache_dir=cache_dir,
             )
@@ -94,6 +95,12 @@ class Plan:
             raise ConfigError(f"plan: attack_time_limit must be a finite number of seconds > 0, got {t!r}")
         if self.attack_effort not in EFFORTS:
             raise ConfigError(f"plan: attack_effort must be one of {', '.join(EFFORTS)}, got {self.attack_effort!r}")
+        from ..certify.api import check_method
+
+        try:
+            self.certify = check_method(self.certify)
+        except ConfigError as exc:
+            raise ConfigError(f"plan: certify: {exc}") from None
         for key in ("model_params", "dataset_params"):
             table = getattr(self, key)
             if not isinstance(table, dict) or not all(isinstance(v, dict) for v in table.values()):
@@ -108,7 +115,7 @@ class Plan:
 
 _PLAN_TYPES: dict[str, Any] = {
     "models": (list, str), "datasets": (list, str), "threats": (list, str), "seeds": (list, int),
-    "points": int, "attack_time_limit": (int, float), "attack_effort": str,
+    "points": int, "attack_time_limit": (int, float), "attack_effort": str, "certify": (str, bool),
     "model_params": dict, "dataset_params": dict,
 }
 
@@ -138,7 +145,7 @@ def plan_from_dict(doc: Any, base: Plan | None = None, source: str = "config") -
                 raise ConfigError(f"{source}: {key!r} must be a table of tables (name -> parameters)")
         else:
             types = want if isinstance(want, tuple) else (want,)
-            if not isinstance(value, types) or isinstance(value, bool):
+            if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
                 raise ConfigError(f"{source}: {key!r} must be {' or '.join(t.__name__ for t in types)}, got {type(value).__name__}")
         setattr(plan, key, value)
     return plan
@@ -165,7 +172,6 @@ def load_plan(path: str | os.PathLike | None = None, *, quick: bool = False, ful
         plan.datasets = plan.datasets[:2]
     if full:
         plan.points = 0
-        plan.attack_time_limit = max(plan.attack_time_limit, 60.0)
         plan.attack_effort = "full"
     return plan.validate()
 

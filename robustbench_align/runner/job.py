@@ -25,7 +25,7 @@ from .store import RunRecord
 
 log = logging.getLogger(__name__)
 
-PROTOCOL_VERSION = 1  # bump when a change in the evaluation changes results for the same config
+PROTOCOL_VERSION = 2  # bump when a change in the evaluation changes results for the same config
 
 
 @dataclass
@@ -37,8 +37,9 @@ class Job:
     seed: int
     threats: list[str]
     points: int
-    attack_time_limit: float = 10.0
+    attack_time_limit: float = 300.0
     attack_effort: str = "default"
+    certify: str = "auto"
     model_params: dict[str, Any] = field(default_factory=dict)
     dataset_params: dict[str, Any] = field(default_factory=dict)
     cache_dir: str | None = None
@@ -55,6 +56,7 @@ class Job:
             "protocol": PROTOCOL_VERSION, "model": self.model, "model_params": resolved_params if resolved_params is not None else self.model_params,
             "dataset": self.dataset, "dataset_params": self.dataset_params, "seed": self.seed, "threat": threat,
             "points": self.points, "attack_time_limit": self.attack_time_limit, "attack_effort": self.attack_effort,
+            "certify": self.certify,
         }
 
     def run_ids(self) -> dict[str, str]:
@@ -183,17 +185,23 @@ def _run_threat(job: Job, threat: str, model: Any, X: np.ndarray, y: np.ndarray,
     n = X.shape[0]
     radius = np.full(n, np.nan)
     lower = np.full(n, np.nan)
+    exact: list[int | None] = [None] * n
+    cert: list[str | None] = [None] * n
     by_attack: list[Any] = [None] * n
     robust_at: list[dict[str, int] | None] = [None] * n
     flags: dict[str, Any] = {}
     attacks_used: list[str] = []
     rejected = 0
     if tm.kind == "minimal":
-        res = minimal_radius(model, X, y, norm=tm.norm, threat=threat, seed=job.seed,
+        res = minimal_radius(model, X, y, norm=tm.norm, threat=threat, seed=job.seed, certify=job.certify,
                              time_limit=job.attack_time_limit, effort=job.attack_effort)
         radius = res.distance.astype(np.float64)
         if res.lower_bound is not None:
             lower = np.asarray(res.lower_bound, dtype=np.float64)
+        if res.exact is not None:
+            exact = [int(bool(v)) for v in res.exact]
+        if res.certifier is not None:
+            cert = [str(v) if v else None for v in res.certifier]
         if res.by_attack is not None:
             by_attack = [None if a is None or a == "" else str(a) for a in res.by_attack]
         grid = list(tm.eps) if tm.eps else list(default_eps_grid(tm.norm or "linf"))
@@ -208,7 +216,8 @@ def _run_threat(job: Job, threat: str, model: Any, X: np.ndarray, y: np.ndarray,
     points = []
     for i in range(n):
         row = {"idx": i, "test_index": int(idx[i]), "y": int(y[i]), "pred": int(pred[i]), "correct": int(pred[i] == y[i]),
-               "radius": radius[i], "lower_bound": lower[i], "by_attack": by_attack[i], "robust_at": robust_at[i]}
+               "radius": radius[i], "lower_bound": lower[i], "by_attack": by_attack[i], "robust_at": robust_at[i],
+               "exact": exact[i], "cert": cert[i]}
         row.update({name: col[i] for name, col in metrics.items()})
         points.append(row)
     return RunRecord(

@@ -30,7 +30,10 @@ RUN_COLUMNS = [
     "fit_time", "eval_time", "clean_accuracy", "n_points", "attacks", "flags", "rejected", "fit_cached", "created",
 ]
 POINT_METRICS = [m.name for m in STORED_METRICS]  # one REAL column each, declared in `metrics.registry`
-POINT_COLUMNS = ["run_id", "idx", "test_index", "y", "pred", "correct", "radius", "lower_bound", "by_attack", "robust_at", *POINT_METRICS]
+# columns added after the first schema, nullable (old rows read NULL): name -> SQL type
+ADDED_POINT_COLUMNS = {"exact": "INTEGER", "cert": "TEXT"}
+POINT_COLUMNS = ["run_id", "idx", "test_index", "y", "pred", "correct", "radius", "lower_bound", "by_attack", "robust_at",
+                 *ADDED_POINT_COLUMNS, *POINT_METRICS]
 
 _SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -43,6 +46,7 @@ CREATE TABLE IF NOT EXISTS runs (
 CREATE TABLE IF NOT EXISTS points (
   run_id TEXT NOT NULL REFERENCES runs(run_id) ON DELETE CASCADE, idx INTEGER NOT NULL, test_index INTEGER,
   y INTEGER, pred INTEGER, correct INTEGER, radius REAL, lower_bound REAL, by_attack TEXT, robust_at TEXT,
+  {", ".join(f"{c} {t}" for c, t in ADDED_POINT_COLUMNS.items())},
   {", ".join(f"{m} REAL" for m in POINT_METRICS)},
   PRIMARY KEY (run_id, idx)
 );
@@ -177,14 +181,14 @@ class Store:
         cur.executescript("BEGIN;" + _SCHEMA + f"INSERT INTO meta VALUES ('schema_version', '{SCHEMA_VERSION}'); COMMIT;")  # noqa: S608
 
     def _add_metric_columns(self, cur: sqlite3.Cursor) -> None:
-        """Give a store created before a metric was declared that metric's column (NULL in its old rows).
+        """Give a store created before a metric (or a later point column) was declared that column (NULL in its old rows).
 
         Adding a nullable column keeps the schema readable by every version, so no version bump.
         """
         have = {row[1] for row in cur.execute("PRAGMA table_info(points)")}
-        for name in POINT_METRICS:
+        for name, kind in [*ADDED_POINT_COLUMNS.items(), *((m, "REAL") for m in POINT_METRICS)]:
             if have and name not in have:
-                cur.execute(f"ALTER TABLE points ADD COLUMN {name} REAL")
+                cur.execute(f"ALTER TABLE points ADD COLUMN {name} {kind}")
 
     # --- writing ---------------------------------------------------------------------
     @contextmanager
