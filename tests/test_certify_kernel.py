@@ -283,6 +283,30 @@ def test_region_values_below_sampled_margins(fitted, norm):
                 assert np.all(val <= mar.min(1))
 
 
+def test_training_points_and_blocked_sums(fitted, monkeypatch):
+    """At training points (a term at distance 0) the bound stays sound; summing over small blocks of
+    training points (bounded memory) gives the same bound."""
+    model, _, _ = fitted["wine", "rfm"]
+    X = model.X_fit_[:8]
+    y = model.predict(X)
+    cert = KernelCertifier(steps=12).certify(model, X, y, "linf", np.full(len(X), np.inf))
+    att = rba.minimal_radius(model, X, y, norm="linf", attacks=["fmn"])
+    fin = np.isfinite(att.distance)
+    assert np.all(cert.lower > 0) and np.all(cert.lower[fin] <= att.distance[fin])
+    rng = np.random.default_rng(6)
+    for i in range(len(X)):
+        assert np.all(model.predict(_ball_samples(rng, X[i], cert.lower[i], "linf", 500)) == y[i])
+    for norm, frame in (("linf", "eigen"), ("l2", "eigen"), ("l1", "axes")):
+        kd = K._kernel_data(model, norm, frame)
+        eps = np.full(len(X), 0.2)
+        reg = K._Regions(np.arange(len(X)), X.copy(), eps[:, None] * kd.root[None], eps.copy())
+        full = K._evaluate(kd, norm, X, y, reg)
+        monkeypatch.setattr(K, "_CHUNK", 100)  # a handful of training points per block
+        blocked = K._evaluate(kd, norm, X, y, reg)
+        monkeypatch.undo()
+        assert np.allclose(full[0], blocked[0], rtol=1e-9, atol=1e-12) and np.array_equal(full[2], blocked[2])
+
+
 # ----------------------------------------------------------------------------------------
 # Known answers
 # ----------------------------------------------------------------------------------------
