@@ -25,6 +25,10 @@ class ConfigError(RBAError, ValueError):
     """A plan/config file with unknown keys or values of the wrong type."""
 
 
+class BudgetError(ConfigError, AttackError):
+    """A work budget (solver nodes, search steps, bisection steps) that is not a whole number >= its minimum."""
+
+
 def first_line(exc: BaseException, *, with_type: bool = True) -> str:
     """The first line of an exception's message, for one-line errors (the type name when it has no text).
 

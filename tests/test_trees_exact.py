@@ -8,7 +8,7 @@ import pytest
 
 from robustbench_align.attacks.base import distances
 from robustbench_align.attacks.trees import KantchelianMILP, VeritasLinf
-from robustbench_align.errors import AttackError
+from robustbench_align.errors import AttackError, ConfigError
 from robustbench_align.models import trees as trees_mod
 from robustbench_align.models.base import Model, Tree, TreeEnsemble
 
@@ -304,6 +304,8 @@ def test_bad_arguments():
         KantchelianMILP(node_limit=0)
     with pytest.raises(AttackError, match="max_cuts"):
         VeritasLinf(max_cuts=1.5)
+    with pytest.raises(ConfigError, match="node_limit"):  # a bad work budget is also a configuration error
+        VeritasLinf(node_limit=-1)
     model = EnsembleModel(random_ensemble(0))
     X = np.zeros((1, 3))
     with pytest.raises(AttackError, match="norm"):

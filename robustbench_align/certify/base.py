@@ -20,14 +20,14 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import ConfigError
+from ..errors import BudgetError
 from ..models.base import Model
 
 
 def work_budget(who: str, what: str, value: Any) -> int:
-    """A positive integer work budget (steps, iterations, nodes); ConfigError naming the fix otherwise."""
+    """A positive integer work budget (steps, iterations, nodes); BudgetError (a ConfigError) naming the fix otherwise."""
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or int(value) <= 0:
-        raise ConfigError(f"{who}: {what} must be a whole number > 0, got {value!r}")
+        raise BudgetError(f"{who}: {what} must be a whole number > 0, got {value!r}")
     return int(value)
 
 

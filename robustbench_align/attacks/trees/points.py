@@ -24,7 +24,7 @@ from typing import cast
 
 import numpy as np
 
-from ...errors import AttackError
+from ...errors import AttackError, BudgetError
 from ...models.base import HasTreeEnsemble, Model, TreeEnsemble
 from ..base import Candidates
 
@@ -36,9 +36,9 @@ DEFAULT_SAFETY_SECONDS = 300.0
 
 
 def check_budget(who: str, what: str, value: object, minimum: int = 1) -> int:
-    """A whole-number work budget >= minimum; AttackError naming the fix otherwise."""
+    """A whole-number work budget >= minimum; BudgetError (a ConfigError and an AttackError) naming the fix otherwise."""
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or int(value) < minimum:
-        raise AttackError(f"{who}: {what} must be a whole number >= {minimum}, got {value!r}")
+        raise BudgetError(f"{who}: {what} must be a whole number >= {minimum}, got {value!r}")
     return int(value)
 
 
