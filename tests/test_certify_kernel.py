@@ -1,5 +1,5 @@
 """KernelCertifier (linear-relaxation certificates for RFM / RFAM): soundness against attacks, sampling
-and PGD inside certified balls, the per-term distance relaxation at its extremal points, known
+and PGD inside certified balls, the per-term distance and phi relaxations at their extremal points, known
 answers (two training points; a one-dimensional RFM by grid search), budgets and refusals."""
 from __future__ import annotations
 
@@ -58,7 +58,7 @@ def _check_against_attack(model, X, y, norm, attacks=None, splits=None, min_medi
 @pytest.mark.parametrize("name", ["iris", "wine"])
 def test_certified_below_attack(fitted, name, mn, norm):
     model, X, y = fitted[name, mn]
-    cert, _ = _check_against_attack(model, X, y, norm, attacks=["fmn"], min_median=0.25)
+    cert, _ = _check_against_attack(model, X, y, norm, attacks=["fmn"], min_median=0.35)
     ok = model.predict(X) == y
     assert np.all(cert.lower[ok] > 0)
     assert not cert.exact.any() and not cert.witness.any()
@@ -304,7 +304,8 @@ def test_training_points_and_blocked_sums(fitted, monkeypatch):
         monkeypatch.setattr(K, "_CHUNK", 100)  # a handful of training points per block
         blocked = K._evaluate(kd, norm, X, y, reg)
         monkeypatch.undo()
-        assert np.allclose(full[0], blocked[0], rtol=1e-9, atol=1e-12) and np.array_equal(full[2], blocked[2])
+        # (equal up to the rounding of the Gram-trick distance to the coincident training point)
+        assert np.allclose(full[0], blocked[0], rtol=1e-9, atol=1e-8) and np.array_equal(full[2], blocked[2])
 
 
 # ----------------------------------------------------------------------------------------
