@@ -116,6 +116,9 @@ def certified_columns(p: pd.DataFrame, keys: list[str]) -> dict[str, float]:
     return out
 
 
+NOT_CERTIFIERS = frozenset({"misclassified"})  # per-point notes in the `cert` column that name no certifier
+
+
 def _certifiers(p: pd.DataFrame) -> str | None:
     """Sorted distinct certifier names of the points that carry a lower bound (reasons such as
     "unsupported: ..." are not names and are left out); None when there are none."""
@@ -123,7 +126,7 @@ def _certifiers(p: pd.DataFrame) -> str | None:
         return None
     lower = _numeric(p, "lower_bound")
     names = {str(c).strip() for c, lb in zip(p["cert"], lower, strict=True) if isinstance(c, str) and not np.isnan(lb)}
-    names = {c for c in names if c and ":" not in c and " " not in c}
+    names = {c for c in names if c and ":" not in c and " " not in c and c not in NOT_CERTIFIERS}
     return ", ".join(sorted(names)) or None
 
 
