@@ -211,9 +211,14 @@ def test_node_limit_validated(bad: object) -> None:
         ReluMilpCertifier(node_limit=bad)  # type: ignore[arg-type]
 
 
-def test_time_limit_validated() -> None:
+def test_other_budgets_validated() -> None:
     with pytest.raises(ConfigError):
         ReluMilpCertifier(time_limit=0)
+    with pytest.raises(ConfigError):
+        ReluMilpCertifier(shrink_steps=-1)
+    with pytest.raises(ConfigError):
+        ReluMilpCertifier(tighten="yes")  # type: ignore[arg-type]
+    assert ReluMilpCertifier(shrink_steps=0).shrink_steps == 0
 
 
 def test_tanh_network_refused() -> None:
@@ -245,15 +250,18 @@ def test_no_upper_bound_gives_zero() -> None:
     assert c.lower[1] == pytest.approx(ref, rel=1e-6) and c.exact[1]
 
 
-def test_node_limit_gives_sound_dual_bound(trained64: Trained) -> None:
+@pytest.mark.parametrize("shrink_steps", [0, 4])
+def test_node_limit_gives_sound_dual_bound(trained64: Trained, shrink_steps: int) -> None:
     model, X, y, uppers = trained64
     X, y, upper = X[:4], y[:4], uppers["linf"][:4]
     full = ReluMilpCertifier().certify(model, X, y, "linf", upper)
-    tight = ReluMilpCertifier(node_limit=1).certify(model, X, y, "linf", upper)
+    tight = ReluMilpCertifier(node_limit=1, shrink_steps=shrink_steps).certify(model, X, y, "linf", upper)
+    assert any(r.startswith("node limit") for r in tight.reason)
     nearest = np.where(full.witness, _dist(X, full.x_witness, "linf"), upper)
     assert np.all(tight.lower <= nearest) and np.all(tight.lower >= 0)
-    assert np.all(tight.work <= full.work + 4)
-    again = ReluMilpCertifier(node_limit=1).certify(model, X, y, "linf", upper)
+    w = tight.witness
+    assert np.all(model.predict(tight.x_witness[w]) != y[w])
+    again = ReluMilpCertifier(node_limit=1, shrink_steps=shrink_steps).certify(model, X, y, "linf", upper)
     np.testing.assert_array_equal(tight.lower, again.lower)  # a deterministic budget
     np.testing.assert_array_equal(tight.work, again.work)
 

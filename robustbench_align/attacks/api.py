@@ -91,7 +91,7 @@ def minimal_radius(model: Any, X: Any, y: Any, norm: str = "linf", *, attacks: A
     "default", "full"), checks (bool), and attack arguments such as time_limit, passed to attacks
     that take them.
     """
-    from ..certify.api import certify_result, check_method
+    from ..certify.api import certify_result, check_method, choose
     from .registry import default_threat, get_threat_model
 
     method = check_method(certify)
@@ -107,6 +107,7 @@ def minimal_radius(model: Any, X: Any, y: Any, norm: str = "linf", *, attacks: A
     if threat is None:
         tm = default_threat(norm)
     steps = _steps(m, norm, attacks, tm, "minimal", seed, effort, kw)
+    choose(m, norm, method, dict(certify_budgets or {}))  # a bad certifier budget fails before any attack runs
     res = EnsembleAttack(steps, checks=do_checks).run(m, X, y, norm)
     out: RadiusResult = certify_result(m, X, y, res, method, dict(certify_budgets or {}))
     return out

@@ -27,11 +27,19 @@ one MILP per target class k. Definitions used here:
   target infeasible within its cutoff c contributes c, which is sound because its own minimum is
   then above c.
 - lower = (1 - 1e-7) * min over targets of HiGHS' dual bound (the optimum when solved). The factor
-  covers HiGHS' feasibility tolerances (1e-9 on scaled rows and integrality). When a branch and
-  bound stops at its node limit without an incumbent, scipy returns no dual bound; the program is
-  then re-solved once in elastic form (z_k - z_y + sigma >= -delta, sigma >= 0 at a large cost),
-  which always has a solution, and its dual bound is used: it bounds the original program, whose
-  points are the elastic program's points with sigma = 0.
+  covers HiGHS' feasibility tolerances (1e-9 on scaled rows and integrality).
+- Box shrinking (`shrink_steps`, an addition to MIPVerify's scheme): when a target's MILP stops at
+  a limit, its dual bound over the radius-R box is often weak, because bounds over that ball leave
+  most neurons unstable. The target is then solved again on boxes of radius rho R, rho bisecting
+  (bound, best known), each with its own CROWN (and LP) bounds, which are far tighter: a box
+  infeasible for the -delta margin proves rho, an optimum inside it is the target's optimum, and a
+  limit proves rho times that box's dual bound. Sound because the target's minimum is either at
+  least rho R or inside the box.
+- When a branch and bound stops at a limit without an incumbent, scipy returns no dual bound
+  (bound 0). With `shrink_steps` = 0 the program is then re-solved once in elastic form
+  (z_k - z_y + sigma >= -delta, sigma >= 0 at a large cost), which always has a solution, and its
+  dual bound is used: it bounds the original program, whose points are the elastic program's
+  points with sigma = 0.
 - Witness: a point decoded from a solution, kept only if the model's own `predict` flips it. An
   optimum of the -delta program sits on the margin -delta (plus the solver tolerance) and usually
   does not flip the model, so the ray from x through it is stretched by 1 + eps (eps from 1e-10 to
@@ -45,11 +53,13 @@ one MILP per target class k. Definitions used here:
   so the bracket is tight but `exact` rarely holds.
 
 Work is limited by a deterministic HiGHS branch-and-bound `node_limit` per MILP (single-threaded,
-fixed random seed, presolve on, the RENS sub-MIP heuristic off); `time_limit` (seconds per MILP)
-is only a safety net, and hitting it is reported in `flags["milp_time_limit"]` with the dual bound
-at that moment (sound, but machine-dependent). `work[i]` counts HiGHS branch-and-bound nodes over
-every MILP of the point, at least 1 per MILP (a program presolve solves still counts), and the
-node limit itself when HiGHS stops there without reporting its count.
+fixed random seed, presolve on, the RENS sub-MIP heuristic off); a target takes at most
+1 + `shrink_steps` MILPs (or 2 with the elastic re-solve), each followed by at most 3 guarded
+witness re-solves. `time_limit` (seconds per MILP) is only a safety net, and hitting it is
+reported in `flags["milp_time_limit"]` with the dual bound at that moment (sound, but
+machine-dependent). `work[i]` counts HiGHS branch-and-bound nodes over every MILP of the point,
+at least 1 per MILP (a program presolve solves still counts), and the node limit itself when
+HiGHS stops there without reporting its count.
 
 The l2 norm is not supported: minimising ||d||_2 under these constraints is a mixed-integer
 quadratic program, which HiGHS does not solve.
@@ -239,11 +249,11 @@ class _Program:
         out: np.ndarray = self.x + self.radius * e
         return out
 
-    def solve(self, k: int, y: int, margin: float, cutoff: float, node_limit: int, time_limit: float) -> _Solve:
+    def solve(self, k: int, y: int, margin: float, cutoff: float, node_limit: int, time_limit: float, elastic: bool = True) -> _Solve:
         """Minimise the scaled distance to a point with z_k - z_y >= margin within the scaled `cutoff` (<= 1).
 
-        When HiGHS stops at a limit without an incumbent, scipy reports no dual bound; the program is
-        then re-solved with an elastic margin (z_k - z_y + sigma >= margin, sigma >= 0 at cost P per
+        When HiGHS stops at a limit without an incumbent, scipy reports no dual bound (bound 0); with
+        `elastic` the program is then re-solved with an elastic margin (z_k - z_y + sigma >= margin, sigma >= 0 at cost P per
         logit unit), which always has a solution, and its dual bound is a bound of the original
         (every point of the original is a point of the elastic program with sigma = 0).
         """
@@ -271,6 +281,8 @@ class _Program:
             fun = float(res.fun)
             bound = float(dual) if dual is not None and np.isfinite(dual) else (fun if limit == "optimal" else 0.0)
             return _Solve(limit, min(bound, fun), fun, self.point(np.asarray(res.x)), n_nodes)
+        if not elastic:
+            return _Solve(limit, 0.0, np.inf, None, n_nodes)
         # a limit without an incumbent: the elastic program (one more column sigma, in the margin row)
         deficit = max(margin - const, 0.0)
         penalty = float(np.clip(1e3 / max(deficit, 1e-12), 1.0, 1e9))
@@ -383,13 +395,15 @@ class ReluMilpCertifier(Certifier):
     time_limit: seconds per MILP, a safety net only (hits are reported in `flags`); > 0.
     tighten: intersect the CROWN bounds of every hidden layer after the first with LP bounds over
         the relaxation of the layers before it (fewer unstable neurons, a tighter relaxation).
+    shrink_steps: box-shrinking MILPs per target whose MILP stops at a limit (0: none, and the
+        elastic re-solve gives the bound instead); see the module docstring.
     """
 
     name = "milp"
     norms = NORMS
     complete = True
 
-    def __init__(self, node_limit: int = 2000, time_limit: float = 60.0, tighten: bool = True) -> None:
+    def __init__(self, node_limit: int = 2000, time_limit: float = 60.0, tighten: bool = True, shrink_steps: int = 4) -> None:
         self.node_limit = work_budget("milp", "node_limit", node_limit)
         tl: Any = time_limit  # checked at run time: callers pass configuration values
         if isinstance(tl, bool) or not isinstance(tl, (int, float, np.integer, np.floating)) or not tl > 0:
@@ -398,9 +412,12 @@ class ReluMilpCertifier(Certifier):
         if not isinstance(tighten, (bool, np.bool_)):
             raise ConfigError(f"milp: tighten must be True or False, got {tighten!r}")
         self.tighten = bool(tighten)
+        steps: Any = shrink_steps
+        self.shrink_steps = 0 if (isinstance(steps, (int, np.integer)) and not isinstance(steps, bool) and steps == 0) \
+            else work_budget("milp", "shrink_steps", steps)
 
     def __repr__(self) -> str:
-        return f"ReluMilpCertifier(node_limit={self.node_limit}, time_limit={self.time_limit:g}, tighten={self.tighten})"
+        return f"ReluMilpCertifier(node_limit={self.node_limit}, time_limit={self.time_limit:g}, tighten={self.tighten}, shrink_steps={self.shrink_steps})"
 
     def _network(self, model: Model) -> Network | str:
         """The model's ReLU network, or why there is none."""
@@ -476,6 +493,44 @@ class ReluMilpCertifier(Certifier):
                                              "their bounds are HiGHS' dual bounds at that moment (sound, machine-dependent)")
         return cert
 
+    def _shrink(self, net: Network, model: Model, x: np.ndarray, k: int, y: int, R: float, delta: float, norm: str,
+                lo: float, hi: float, scale: float, out: _PointResult) -> float:
+        """Raise target k's bound `lo` (scaled by R) by MILPs on smaller boxes of radius rho R, rho in (lo, hi).
+
+        Each box gets its own CROWN (and LP) bounds, far tighter than over the radius-R ball. A box
+        infeasible for the -delta margin proves lo = rho; an optimum inside it is the target's
+        optimum; a limit proves min(rho, rho * dual bound) and, with an incumbent, lowers hi. The
+        next rho bisects (lo, hi) (hi = rho after a limit without an incumbent).
+        """
+        from .crown import layer_bounds
+
+        for _ in range(self.shrink_steps):
+            if hi - lo <= 1e-6 * hi:
+                break
+            rho = 0.5 * (lo + hi)
+            lb = layer_bounds(net, x[None], np.array([rho * R]), norm, method="crown")
+            sub = _Program(net, x, rho * R, [(np.asarray(a[0], dtype=np.float64), np.asarray(b[0], dtype=np.float64)) for a, b in lb],
+                           norm, tighten=self.tighten)
+            r = sub.solve(k, y, -delta, 1.0, self.node_limit, self.time_limit, elastic=False)
+            out.work += r.nodes
+            out.timed_out |= r.status == "time"
+            if r.status == "infeasible":
+                lo = rho
+                continue
+            if r.status == "error":
+                hi = rho
+                continue
+            lo = max(lo, min(r.bound, 1.0) * rho)
+            if r.x is None:
+                hi = rho
+                continue
+            hi = min(hi, r.obj * rho)
+            if r.obj * rho < out.dist / R:
+                self._witness(sub, model, k, y, r.x, scale, out)
+            if r.status == "optimal":
+                break
+        return lo
+
     def _witness(self, prog: _Program, model: Model, k: int, y: int, xa: np.ndarray, scale: float, out: _PointResult) -> None:
         """The nearest flipping point found from the solution `xa` of target k's -delta program (into `out`).
 
@@ -520,13 +575,19 @@ class ReluMilpCertifier(Certifier):
         cutoff = 1.0  # scaled: the ball of radius R
         lows: list[float] = []
         statuses: list[_Solve] = []
+        shrunk = False
         for k in targets:
-            s = prog.solve(k, y, -delta, cutoff, self.node_limit, self.time_limit)
+            s = prog.solve(k, y, -delta, cutoff, self.node_limit, self.time_limit, elastic=self.shrink_steps == 0)
             out.work += s.nodes
             statuses.append(s)
-            lows.append(min(s.bound, cutoff))
+            low = min(s.bound, cutoff)
             if s.x is not None and s.obj < out.dist / R:
                 self._witness(prog, model, k, y, s.x, scale, out)
+            if s.status in ("node", "time") and self.shrink_steps:
+                raised = self._shrink(net, model, x, k, y, R, delta, norm, low, min(cutoff, s.obj), scale, out)
+                shrunk |= raised > low
+                low = raised
+            lows.append(low)
             cutoff = min(cutoff, out.dist / R) if np.isfinite(out.dist) else min(cutoff, s.obj)
         lower = max(0.0, min(lows)) * R * (1.0 - REL_TOL) if lows else 0.0
         if lower > R:
@@ -538,10 +599,11 @@ class ReluMilpCertifier(Certifier):
         out.exact = out.x_adv is not None and out.dist <= lower * (1.0 + EXACT_RTOL)
         out.timed_out |= any(s.status == "time" for s in statuses)
         kinds = {s.status for s in statuses}
+        how = "bound from box shrinking" if shrunk else "dual bound"
         if "time" in kinds:
-            out.reason = "time limit: dual bound"
+            out.reason = f"time limit: {how}"
         elif "node" in kinds:
-            out.reason = "node limit: dual bound"
+            out.reason = f"node limit: {how}"
         elif "error" in kinds:
             out.reason = "solver error on a target: bound 0"
         elif kinds == {"infeasible"}:
