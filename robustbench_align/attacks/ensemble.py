@@ -194,7 +194,8 @@ class EnsembleAttack:
         flags: list[chk.Flag | None] = []
         lower = None
         if have_lb:
-            lower = _sound_lower(lb, best_d, X, flags)
+            lower, _, flag = sound_lower(lb, best_d, X)
+            flags.append(flag)
             lower[clean_wrong] = 0.0
         clean_correct = ~clean_wrong
         result = RadiusResult(
@@ -326,7 +327,8 @@ class EnsembleAttack:
         _raise_if_all_failed(errors, used)
         cert_flags: list[chk.Flag | None] = []
         nearest = np.min(np.stack([r.distance for r in results.values()]), axis=0) if results else np.full(n, np.inf)
-        lb = _sound_lower(lb, nearest, X, cert_flags)
+        lb, _, flag = sound_lower(lb, nearest, X)
+        cert_flags.append(flag)
         for r in results.values():
             r.lower_bound = np.minimum(lb, r.distance)
         out = FixedEpsResult(eps=eps_arr, results=results, clean_correct=~clean_wrong, norm=norm, attacks_used=used,
@@ -371,19 +373,19 @@ class _StepRun:
         return True
 
 
-def _sound_lower(lb: np.ndarray, best_d: np.ndarray, X: np.ndarray, flags: list[chk.Flag | None]) -> np.ndarray:
+def sound_lower(lb: np.ndarray, best_d: np.ndarray, X: np.ndarray) -> tuple[np.ndarray, np.ndarray, chk.Flag | None]:
     """The global invariant: no certified lower bound above any verified adversarial's distance.
 
     A violation means a certificate is wrong: it is dropped (lower bound 0 at that point), logged,
     and flagged `unsound_certificate`. Bounds within a few float32 ulp of the distance are clipped.
+    Returns (sound lower bounds, the mask of dropped points, the flag or None).
     """
     ulp = 4 * np.finfo(np.float32).eps * (1.0 + (np.abs(X).max(axis=1) if X.shape[1] else 0.0))
     bad = chk.unsound_certificates(best_d, lb, atol=ulp)
     if bad.any():
         log.error("%d certified lower bound(s) exceeded a verified adversarial's distance; dropped", int(bad.sum()))
-    flags.append(chk.unsound_certificate(bad))
     out: np.ndarray = np.where(bad, 0.0, np.minimum(lb, best_d))
-    return out
+    return out, bad, chk.unsound_certificate(bad)
 
 
 def _raise_if_all_failed(errors: dict[str, str], used: list[str]) -> None:
@@ -400,4 +402,4 @@ def _nanmin(arrays: list[np.ndarray]) -> np.ndarray:
     return out
 
 
-__all__ = ["CERT_RTOL", "EnsembleAttack"]
+__all__ = ["CERT_RTOL", "EnsembleAttack", "sound_lower"]

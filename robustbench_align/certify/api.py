@@ -13,7 +13,6 @@ Veritas, the closed form), which run as part of the attack ensemble; "auto" adds
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -31,39 +30,29 @@ AUTO_MILP_MAX_UNITS = 64
 CERT_RTOL = 1e-4
 
 
-def _crown(**kw: Any) -> Certifier:
-    from .crown import CrownCertifier
-
-    return CrownCertifier(**kw)
-
-
-def _alpha(**kw: Any) -> Certifier:
-    from .crown import AlphaCrownCertifier
-
-    return AlphaCrownCertifier(**kw)
-
-
-def _ibp(**kw: Any) -> Certifier:
-    from .crown import IBPCertifier
-
-    return IBPCertifier(**kw)
-
-
-def _milp(**kw: Any) -> Certifier:
-    from .relu_milp import ReluMilpCertifier
-
-    return ReluMilpCertifier(**kw)
-
-
-def _kernel(**kw: Any) -> Certifier:
-    from .kernel import KernelCertifier
-
-    return KernelCertifier(**kw)
-
-
-CERTIFIERS: dict[str, Callable[..., Certifier]] = {
-    "ibp": _ibp, "crown": _crown, "alpha-crown": _alpha, "milp": _milp, "kernel": _kernel,
+# name -> (module in this package, class)
+CERTIFIERS: dict[str, tuple[str, str]] = {
+    "ibp": ("crown", "IBPCertifier"), "crown": ("crown", "CrownCertifier"), "alpha-crown": ("crown", "AlphaCrownCertifier"),
+    "milp": ("relu_milp", "ReluMilpCertifier"), "kernel": ("kernel", "KernelCertifier"),
 }
+
+
+def _certifier_class(name: str) -> type[Certifier]:
+    """The class behind a certifier name (its module imported on first use)."""
+    import importlib
+
+    module, cls = CERTIFIERS[name]
+    out: type[Certifier] = getattr(importlib.import_module(f"{__package__}.{module}"), cls)
+    return out
+
+
+def build_certifier(name: str, budgets: dict[str, Any] | None = None) -> Certifier:
+    """The certifier `name` with the budget keywords its constructor takes (others are for other certifiers)."""
+    import inspect
+
+    cls = _certifier_class(name)
+    params = inspect.signature(cls.__init__).parameters
+    return cls(**{k: v for k, v in (budgets or {}).items() if k in params})
 
 
 def certifier_names() -> list[str]:
@@ -126,7 +115,7 @@ def choose(model: Model, norm: str, method: str, budgets: dict[str, Any] | None 
     out: list[Certifier] = []
     reasons: list[str] = []
     for name in names:
-        cert = CERTIFIERS[name](**_accepted(name, budgets))
+        cert = build_certifier(name, budgets)
         why = cert.refuses(model)
         if why is None and norm not in cert.norms:
             why = f"{name} certifies {', '.join(cert.norms)}, not {norm}"
@@ -137,32 +126,22 @@ def choose(model: Model, norm: str, method: str, budgets: dict[str, Any] | None 
     return out, "; ".join(reasons)
 
 
-def _accepted(name: str, budgets: dict[str, Any]) -> dict[str, Any]:
-    """The budget keywords the certifier's constructor takes (others are for other certifiers)."""
-    import inspect
-
-    factory = {"ibp": "IBPCertifier", "crown": "CrownCertifier", "alpha-crown": "AlphaCrownCertifier",
-               "milp": "ReluMilpCertifier", "kernel": "KernelCertifier"}[name]
-    module = "relu_milp" if name == "milp" else ("kernel" if name == "kernel" else "crown")
-    import importlib
-
-    cls = getattr(importlib.import_module(f"{__package__}.{module}"), factory)
-    params = inspect.signature(cls.__init__).parameters
-    return {k: v for k, v in budgets.items() if k in params}
-
-
 def certify_result(model: Model, X: np.ndarray, y: np.ndarray, res: Any, method: Any = "auto",
                    budgets: dict[str, Any] | None = None) -> Any:
     """Fold certificates into a RadiusResult `res` (in place, also returned); see the module docstring."""
-    from ..attacks import checks as chk
     from ..attacks.base import verify
+    from ..attacks.ensemble import sound_lower
 
     method = check_method(method)
     n = X.shape[0]
     cc = np.ones(n, dtype=bool) if res.clean_correct is None else np.asarray(res.clean_correct, dtype=bool)
     lower = np.zeros(n) if res.lower_bound is None else np.asarray(res.lower_bound, dtype=np.float64).copy()
     dist = np.asarray(res.distance, dtype=np.float64)
-    exact = ~cc | (lower >= dist * (1 - CERT_RTOL) - 1e-12)
+    def closed(lower: np.ndarray, dist: np.ndarray) -> np.ndarray:
+        out: np.ndarray = ~cc | (lower >= dist * (1 - CERT_RTOL) - 1e-12)
+        return out
+
+    exact = closed(lower, dist)
     label = np.full(n, "", dtype=object)
     label[~cc] = "misclassified"
     have = cc & (lower > 0)
@@ -203,23 +182,18 @@ def certify_result(model: Model, X: np.ndarray, y: np.ndarray, res: Any, method:
         for j in np.flatnonzero(~gain & (lower[todo] <= 0)):
             if reasons[j]:
                 label[todo[j]] = f"{cert.name}: {reasons[j]}"
-        exact = ~cc | (lower >= dist * (1 - CERT_RTOL) - 1e-12)
+        exact = closed(lower, dist)
     res.distance = dist
-    ulp = 4 * np.finfo(np.float32).eps * (1.0 + (np.abs(X).max(axis=1) if X.shape[1] else 0.0))
-    bad = chk.unsound_certificates(dist, lower, atol=ulp)
-    if bad.any():
-        log.error("%d certified lower bound(s) exceeded a verified adversarial's distance; dropped", int(bad.sum()))
-        flag = chk.unsound_certificate(bad)
-        if flag is not None:
-            flags[flag[0]] = flag[1]
+    lower, bad, flag = sound_lower(lower, dist, X)
+    if flag is not None:
+        flags[flag[0]] = flag[1]
         label[bad] = "dropped: contradicted by a verified adversarial"
-    lower = np.where(bad, 0.0, np.minimum(lower, dist))
     lower[~cc] = 0.0
     res.lower_bound = lower
-    res.exact = ~cc | ((lower >= dist * (1 - CERT_RTOL) - 1e-12) & ~bad)
+    res.exact = closed(lower, dist) & ~bad
     res.certifier = label
     res.flags = {**dict(res.flags or {}), **flags}
     return res
 
 
-__all__ = ["AUTO_MILP_MAX_UNITS", "CERTIFIERS", "certifier_names", "certify_result", "check_method", "choose"]
+__all__ = ["AUTO_MILP_MAX_UNITS", "CERTIFIERS", "build_certifier", "certifier_names", "certify_result", "check_method", "choose"]
