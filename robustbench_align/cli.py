@@ -248,37 +248,67 @@ def correlate(
     x: str = typer.Option("normal_alignment", "--x", help="Point metric on the x axis."),
     y: str = typer.Option("radius", "--y", help="Robustness measure (radius, r_lin, ...)."),
     threat: str = typer.Option("linf", "--threat"),
-    by: str | None = typer.Option(None, "--by", help="Group column (e.g. model) for per-group correlations."),
-    aggregate: bool = typer.Option(False, "--aggregate", help="Correlate (model, dataset) means instead of points."),
+    by: list[str] | None = typer.Option(None, "--by", help="Stratum column(s), repeatable or comma-separated (default model,dataset; 'none': no strata)."),
+    confounder: list[str] | None = typer.Option(
+        None, "--confounder", help="Partial correlations given these columns, repeatable (default logit_margin, jacobian_norm, x_norm "
+                                   "where present; 'none' disables)."),
+    p_adjust: str = typer.Option("holm", "--p-adjust", help="Per-stratum p-value adjustment: holm, bh (Benjamini–Hochberg) or none."),
+    aggregate: bool = typer.Option(False, "--aggregate", help="Correlate (model, dataset) means instead of points (no strata unless --by)."),
     store: str = typer.Option(DEFAULT_STORE, "--store"),
     plot: Path = typer.Option(Path("reports/correlation.png"), "--plot", help="Where to write the scatter plot."),
+    forest: Path = typer.Option(Path("reports/correlation_forest.png"), "--forest", help="Where to write the per-stratum forest plot."),
 ) -> None:
-    """Test whether Jacobian alignment predicts robustness (Spearman/Pearson, bootstrap CIs, permutation p)."""
+    """Test whether Jacobian alignment predicts robustness within model × dataset strata, beyond the confounders.
+
+    Prints the naive correlation over all points, one row per stratum (Holm-adjusted p), the pooled
+    within-stratum effect (random-effects estimate, interval, I², stratified permutation p) and the
+    partial correlations given the confounders; writes a scatter and a forest plot.
+    """
     from .errors import ConfigError
+    from .metrics.stats import DEFAULT_CONFOUNDERS, DEFAULT_STRATA
     from .metrics.stats import correlate as _correlate
     from .runner.store import Store
 
+    def names(values: list[str] | None, default: Sequence[str]) -> tuple[str, ...]:
+        items = [v.strip() for raw in (values or []) for v in raw.split(",") if v.strip()]
+        if not values:
+            return tuple(default)
+        if any(v.lower() == "none" for v in items):
+            if len(items) > 1:
+                raise ConfigError(f"'none' cannot be combined with other columns, got {', '.join(items)}")
+            return ()
+        return tuple(dict.fromkeys(items))
+
+    if p_adjust not in ("holm", "bh", "none"):
+        raise ConfigError(f"--p-adjust must be holm, bh or none, got {p_adjust!r}")
+    strata = names(by, () if aggregate else DEFAULT_STRATA)
+    confounders = names(confounder, DEFAULT_CONFOUNDERS) if confounder else None  # None: the defaults that are present
     with Store(store, readonly=True) as st:
         pts = st.points()
     pts = pts[(pts["threat"] == threat) & (pts["correct"] == 1)]
+    numeric = ", ".join(c for c in pts.columns if pts[c].dtype.kind == "f")
     for col in (x, y):
         if col not in pts.columns:
-            raise ConfigError(f"unknown column {col!r}; choose from {', '.join(c for c in pts.columns if pts[c].dtype.kind == 'f')}")
+            raise ConfigError(f"unknown column {col!r}; choose from {numeric}")
+    for col in (*strata, *(confounders or ())):
+        if col not in pts.columns:
+            what = "stratum" if col in strata else "confounder"
+            raise ConfigError(f"unknown {what} column {col!r}; choose from {', '.join(map(str, pts.columns))}")
     pts = pts[pts[x].notna() & pts[y].notna() & (pts[y] < float("inf"))]
     if pts.empty:
         raise ConfigError(f"no points with both {x} and {y} under threat {threat!r}; run models with gradients (mlp, rfm, ...) first")
-    kw: dict[str, Any] = {"x": x, "y": y}
-    if by:
-        kw["by"] = by
+    kw: dict[str, Any] = {"x": x, "y": y, "by": strata, "confounders": confounders, "p_adjust": p_adjust}
     if aggregate:
         kw["aggregate"] = ["model", "dataset"]
     res = _correlate(pts, **kw)
     sys.stdout.write(str(res) + "\n")
+    from .reports.forest import forest_plot
     from .reports.plots import scatter_plot
 
     scatter_plot(pts, x, y, res, plot, hue="model")
+    drawn = forest_plot(res, forest)
     if not _state["quiet"]:
-        _console().print(f"plot: {plot}")
+        _console().print(f"plot: {plot}" + (f"\nforest: {forest}" if drawn is not None else "\nforest: (no computable stratum, not written)"))
 
 
 @reproduce_app.command("rfam")

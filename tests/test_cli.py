@@ -125,3 +125,46 @@ def test_leaderboard_formats(tmp_path):
         assert r.returncode == 0 and needle in r.stdout, fmt
     r = rba("leaderboard", "--format", "docx", "--store", str(store))
     assert r.returncode == 2 and "unknown format" in r.stderr
+
+
+def _correlation_store(path):
+    """A store with per-point alignment, radius and confounders for 2 models × 3 datasets (a planted within-stratum effect)."""
+    from robustbench_align.runner.store import RunRecord, Store
+
+    rng = np.random.default_rng(0)
+    records = []
+    for m, model in enumerate(("mlp", "rfm")):
+        for d, dataset in enumerate(("iris", "wine", "tiny")):
+            n = 3 if dataset == "tiny" else 40
+            margin = rng.uniform(0.1, 2.0, size=n)
+            align = rng.uniform(size=n)
+            radius = 0.5 * margin + 0.3 * align + 0.1 * rng.normal(size=n) + m + d
+            pts = [{"idx": i, "y": 0, "pred": 0, "correct": 1, "radius": float(radius[i]), "lower_bound": float("nan"), "robust_at": {},
+                    "normal_alignment": float(align[i]) + d, "logit_margin": float(margin[i]), "jacobian_norm": float(rng.uniform(1, 2)),
+                    "x_norm": float(rng.uniform(1, 3))} for i in range(n)]
+            records.append(RunRecord(run={"run_id": f"{model}-{dataset}", "model": model, "family": "f", "dataset": dataset, "threat": "linf",
+                                          "norm": "linf", "seed": 0, "status": "ok", "config": {}, "attacks": [], "flags": {}, "n_points": n,
+                                          "rejected": 0}, points=pts))
+    with Store(path) as st:
+        st.write(records)
+
+
+def test_correlate_strata_pooled_partial_and_forest(tmp_path):
+    store = tmp_path / "s.sqlite"
+    _correlation_store(store)
+    plot, forest = tmp_path / "scatter.png", tmp_path / "forest.png"
+    r = rba("correlate", "--store", str(store), "--plot", str(plot), "--forest", str(forest), "--p-adjust", "bh")
+    assert r.returncode == 0, r.stderr
+    out = r.stdout
+    assert "within model × dataset strata" in out and "all (naive, ignores strata)" in out and "mlp / iris" in out
+    assert "pooled (random effects)" in out and "stratified permutation" in out and "I²" in out
+    assert "partial correlations given logit_margin, jacobian_norm, x_norm" in out and "partial: pooled" in out
+    assert "3 points: needs >= 4" in out and "nan" not in out.lower() and "Benjamini" in out
+    assert plot.read_bytes().startswith(b"\x89PNG") and forest.read_bytes().startswith(b"\x89PNG")
+    r = rba("--quiet", "correlate", "--store", str(store), "--plot", str(plot), "--forest", str(forest), "--by", "none", "--confounder", "none")
+    assert r.returncode == 0, r.stderr
+    assert "pooled" not in r.stdout and "partial" not in r.stdout and "naive" not in r.stdout
+    for args, msg in ((("--confounder", "margin"), "unknown confounder column 'margin'"), (("--by", "model,fold"), "unknown stratum column 'fold'"),
+                      (("--p-adjust", "bonferroni"), "--p-adjust")):
+        r = rba("correlate", "--store", str(store), "--plot", str(plot), "--forest", str(forest), *args)
+        assert r.returncode == 2 and msg in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr

@@ -479,6 +479,42 @@ def test_point_metrics_matches_separate_calls(rfam):
         point_metrics(StumpModel(), RNG.normal(size=(3, 3)), [0, 1, 0])
 
 
+def test_logit_margin_of_a_linear_model():
+    """margin = (w_y·x + b_y) − max_{j≠y} (w_j·x + b_j), signed (negative where misclassified); NaN without gradients."""
+    d, c, n = 5, 4, 40
+    model, W, b = linear_model(d, c, seed=11)
+    X = RNG.normal(size=(n, d))
+    y = RNG.integers(0, c, size=n)  # arbitrary labels: some points are misclassified
+    f = X @ W.T + b
+    others = np.where(np.eye(c, dtype=bool)[y], -np.inf, f)
+    expected = f[np.arange(n), y] - others.max(axis=1)
+    df = point_metrics(model, X, y, norms=("l2",))
+    np.testing.assert_allclose(df["logit_margin"], expected, rtol=1e-10, atol=1e-12)
+    assert ((df["logit_margin"] > 0) == (model.predict(X) == y)).all() and (df["logit_margin"] < 0).any()
+    out = point_metrics(StumpModel(), RNG.normal(size=(3, 3)), [0, 1, 0], on_unsupported="nan")
+    assert out["logit_margin"].isna().all()
+
+
+def test_logit_margin_is_stored_per_point(tmp_path):
+    """The runner stores the clean margin of every evaluated point and Store.points() returns it."""
+    from robustbench_align import load_dataset
+    from robustbench_align.runner.job import Job, run_job
+    from robustbench_align.runner.store import Store
+
+    model, W, b = linear_model(4, 3, seed=12)
+    job = Job(model="lin", dataset="iris", seed=0, threats=["paper-pgd"], points=8, model_params={"user_model": "lin"}, model_family="user")
+    (record,) = run_job(job, model_obj=model)
+    assert record.run["status"] == "ok", record.run.get("error")
+    with Store(tmp_path / "s.sqlite") as st:
+        st.write([record])
+        pts = st.points()
+    ds = load_dataset("iris", seed=0)
+    X, y = ds.X_test[pts["test_index"].to_numpy()], pts["y"].to_numpy()
+    f = X @ W.T + b
+    others = np.where(np.eye(3, dtype=bool)[y], -np.inf, f)
+    np.testing.assert_allclose(pts["logit_margin"], f[np.arange(len(y)), y] - others.max(axis=1), rtol=1e-6, atol=1e-9)
+
+
 def test_point_metrics_are_declared_once_and_read_everywhere():
     import pandas as pd
 

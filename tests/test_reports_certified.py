@@ -4,6 +4,7 @@ import html.parser
 import io
 import json
 import math
+import re
 
 import numpy as np
 import pandas as pd
@@ -101,14 +102,16 @@ def test_columns_sit_side_by_side_and_ranking_is_unchanged(store):
     assert blind["certified_radius"].isna().all() and blind["exact"].isna().all()
 
 
-def _md_rows(text, dataset="toy"):
-    """{model: {column: shown}} of the Markdown table under `## dataset — l2`."""
+def _md_rows(text, dataset="toy", intervals=False):
+    """{model: {column: shown}} of the Markdown table under `## dataset — l2` (the " [lo, hi]" of a number removed
+    unless `intervals`)."""
     lines = text.split("\n")
     start = lines.index(f"## {dataset} — l2") + 2  # the heading, a blank line, then the table
     table = lines[start:start + next(i for i, ln in enumerate(lines[start:]) if not ln.startswith("|"))]
 
     def cells(ln):
-        return [c.strip() for c in ln.strip().strip("|").split(" | ")]
+        out = [c.strip() for c in ln.strip().strip("|").split(" | ")]
+        return out if intervals else [re.sub(r" \\\[[^\]]*\\\]", "", c) for c in out]
 
     head = cells(table[0])
     return {r[head.index("model")]: dict(zip(head, r, strict=True)) for r in map(cells, table[2:])}
@@ -132,6 +135,8 @@ def test_markdown_shows_both_and_defines_the_columns(store):
         assert f"- `{name}`: " in legend, name
     assert "upper bound on the true robust accuracy" in legend and "lower bound on the true robust accuracy" in legend
     assert "<" not in text and ">" not in text
+    shown = _md_rows(text, intervals=True)["bracketed"]
+    assert re.fullmatch(r"50\.0 \\\[\d+\.\d, \d+\.\d\\\]", shown["robust_acc@0.25"]), shown  # value [lo, hi], escaped brackets
 
 
 def test_csv_and_json_carry_the_numbers(store):

@@ -70,10 +70,13 @@ def test_groups_and_nonfinite_rows():
     assert res.groups["up"].spearman == pytest.approx(1.0) and res.groups["up"].n == 58
     assert res.groups["down"].spearman == pytest.approx(-1.0) and res.groups["down"].n == 60
     tab = res.to_frame()
-    assert list(tab["group"]) == ["all", "down", "up"]
+    # the naive row, one row per stratum, then the pooled within-stratum effect (no confounder columns: no partial rows)
+    assert list(tab["group"]) == ["all", "down", "up", "pooled"]
+    assert list(tab["kind"]) == ["naive", "stratum", "stratum", "pooled"]
     assert {"spearman", "spearman_lo", "spearman_hi", "spearman_p", "pearson", "pearson_lo", "pearson_hi", "pearson_p", "n"} <= set(tab)
+    assert res.pooled is not None and res.pooled.k == 2 and res.pooled.spearman.i2 > 0.9  # +1 and -1: all heterogeneity
     text = str(res)
-    assert "spearman" in text and "down" in text and "up" in text
+    assert "spearman" in text and "down" in text and "up" in text and "pooled" in text
 
 
 def test_aggregate_averages_per_model_and_dataset():

@@ -4,7 +4,8 @@ The runner computes the stored metrics for every evaluated point, the store keep
 per stored metric in its `points` table (in this order), the leaderboard summarises the
 `leaderboard` metrics per run (`aggregate` over the run's points, then the mean over seeds) and
 leaderboard.json reports them under `json_key`. Adding a metric is one entry here plus its
-computation in `metrics.alignment.alignment_from_jacobians` (source "alignment"); a store written
+computation in `metrics.alignment.alignment_from_jacobians` (source "alignment") or in
+`metrics.robustness.point_metrics` (source "local_linear", e.g. r_lin, logit_margin); a store written
 before the entry existed gains the column when it is next opened for writing.
 
 Definitions (J_x the c × d Jacobian of the model's differentiable outputs at x, σᵢ its singular
@@ -57,6 +58,8 @@ POINT_METRICS: tuple[PointMetric, ...] = (
     PointMetric("offset_norm", "‖f(x) − J_x x‖₂, the offset of the local affine form"),
     PointMetric("jacobian_norm", "‖J_x‖_F"),
     PointMetric("x_norm", "‖x‖₂"),
+    PointMetric("logit_margin", "f_y(x) − max_{j≠y} f_j(x) on the model's differentiable outputs (the clean margin; NaN for models without gradients)",
+                source="local_linear"),
     PointMetric("r_lin", "local-linear margin radius min_{j≠y} (f_y − f_j)(x) / ‖∇(f_y − f_j)(x)‖_* in the threat norm",
                 source="local_linear", per_norm=True),
 )

@@ -81,6 +81,25 @@ def local_linear_radius(model: Any, X: Any, y: Any, norm: str, chunk_size: int |
     return linear_radius_from_jacobians(f, J, y, norm)
 
 
+def logit_margin(outputs: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """The clean margin f_y(x) − max_{j≠y} f_j(x) per point from outputs (n, c) and labels y.
+
+    Positive iff x is classified as y (ties give 0); NaN for rows with non-finite outputs and for
+    single-output models (no other class to compare with).
+    """
+    outputs = np.asarray(outputs, dtype=np.float64)
+    y = np.asarray(y, dtype=np.int64)
+    n = outputs.shape[0]
+    if n == 0 or outputs.ndim != 2 or outputs.shape[1] < 2:
+        return np.full(n, np.nan)
+    rows = np.arange(n)
+    others = outputs.copy()
+    others[rows, y] = -np.inf
+    out = outputs[rows, y] - others.max(axis=1)
+    out[~np.isfinite(outputs).all(axis=1)] = np.nan
+    return out
+
+
 def point_metrics(
     model: Any,
     X: Any,
@@ -93,11 +112,12 @@ def point_metrics(
     on_unsupported: Literal["raise", "nan"] = "raise",
     solver: Literal["gram", "svd"] = "gram",
 ) -> pd.DataFrame:
-    """`alignment()` columns plus `r_lin_<norm>` for each norm, all from one batched Jacobian pass.
+    """`alignment()` columns, `logit_margin` and `r_lin_<norm>` for each norm, all from one batched Jacobian pass.
 
-    The radii always use the raw x (they are distances, independent of any centring); the
-    alignment columns follow `center`/`reference_mean`. Unsupported models raise ModelError, or
-    with `on_unsupported="nan"` get NaN columns and the `reason` column.
+    `logit_margin` is the clean margin f_y(x) − max_{j≠y} f_j(x) of the differentiable outputs
+    (`logit_margin`). The radii always use the raw x (they are distances, independent of any
+    centring); the alignment columns follow `center`/`reference_mean`. Unsupported models raise
+    ModelError, or with `on_unsupported="nan"` get NaN columns and the `reason` column.
     """
     from .alignment import alignment_with_jacobians
 
@@ -107,6 +127,7 @@ def point_metrics(
     y = _check_y(y, X.shape[0], model.n_classes)
     frame, batch = alignment_with_jacobians(model, X, center=center, reference_mean=reference_mean, chunk_size=chunk_size,
                                             on_unsupported=on_unsupported, solver=solver, metric="point_metrics")
+    frame["logit_margin"] = np.full(X.shape[0], np.nan) if batch is None else logit_margin(batch.outputs, y)
     for norm in norms:
         if batch is None:
             frame[f"r_lin_{norm}"] = np.full(X.shape[0], np.nan)
@@ -142,4 +163,4 @@ def radius_ratios(measured_radius: Any, r_lin: Any, X: Any, norm: str = "l2", re
     return pd.DataFrame({"x_norm": xn, "ratio_to_r_lin": to_lin, "ratio_to_x_norm": to_x, "r_lin_to_x_norm": lin_x})
 
 
-__all__ = ["DUAL_ORD", "linear_radius_from_jacobians", "local_linear_radius", "point_metrics", "radius_ratios"]
+__all__ = ["DUAL_ORD", "linear_radius_from_jacobians", "local_linear_radius", "logit_margin", "point_metrics", "radius_ratios"]

@@ -22,7 +22,11 @@ EXACT_RADIUS = " (exact)"  # appended to median_radius where every bracket is cl
 # One line per column, shown under the Markdown tables and on the HTML page (no `<`/`>`: the
 # Markdown page keeps none). ε is the budget in the threat model's norm.
 COLUMN_DEFINITIONS: tuple[tuple[str, str], ...] = (
-    ("rank", "rank within (dataset, threat model) by auc (fixed-ε threat models: mean robust accuracy); 1 = most robust"),
+    ("rank", "rank within (dataset, threat model): 1 + the number of models significantly better on the same points "
+             "(paired sign-flip test of per-point auc contributions, fixed-ε threat models: of mean robustness over ε; "
+             "Holm-adjusted over the block's pairs, level 0.05); 2= means another model shares rank 2"),
+    ("[lo, hi]", "95% percentile-bootstrap interval of the number over test points, resampled within each seed "
+                 "(exact Clopper–Pearson interval where every point of a proportion has the same outcome)"),
     ("clean_accuracy", "% of evaluated test points classified correctly (clean-correct)"),
     ("robust_acc@ε", "% of all evaluated points that are clean-correct with no verified adversarial within ε: "
                      "empirical, an upper bound on the true robust accuracy (a stronger attack can only lower it)"),
@@ -37,6 +41,8 @@ COLUMN_DEFINITIONS: tuple[tuple[str, str], ...] = (
     ("exact", "% of clean-correct points whose bracket is closed (lower bound = radius, proved by a complete method); ✓ = all"),
     ("auc", "normalised area under the robust-accuracy-vs-ε curve on [0, ε_max] = mean(min(radius, ε_max)) / ε_max"),
     ("certifier", "the certifiers that gave the lower bounds"),
+    ("tied_with", "the models of the block not significantly different from this one"),
+    ("mean_rank", "overall ranking: mean of the per-dataset ranks, descriptive; its interval is a bootstrap over datasets"),
 )
 
 
@@ -65,13 +71,22 @@ def is_exact(v: Any) -> bool:
     return math.isfinite(f) and f >= 1 - 1e-9
 
 
-def display_frame(board: pd.DataFrame) -> pd.DataFrame:
-    """Human-readable strings (percentages for accuracies); column names kept.
+def bound_columns(board: pd.DataFrame) -> list[str]:
+    """The `<col>_lo`/`<col>_hi` interval columns of a board (those whose `<col>` is a column too)."""
+    return [c for c in board.columns if c.endswith(("_lo", "_hi")) and c[:-3] in board.columns]
 
+
+def display_frame(board: pd.DataFrame) -> pd.DataFrame:
+    """Human-readable strings (percentages for accuracies); column names kept, interval columns folded in.
+
+    A number with an interval (`<col>_lo`, `<col>_hi` in the board) reads "v [lo, hi]"; the bound
+    columns themselves are not shown. `rank` reads "2=" when another model of the block shares it.
     A row whose `exact` share is 1 shows ✓ beside it and "(exact)" after its median radius: the
     radius is then the minimal adversarial distance, not only an upper bound on it.
     """
-    disp = pd.DataFrame({c: [_fmt(v, c) for v in board[c]] for c in board.columns}, index=board.index)
+    bounds = set(bound_columns(board))
+    shown = [c for c in board.columns if c not in bounds]
+    disp = pd.DataFrame({c: [_fmt(v, c) for v in board[c]] for c in shown}, index=board.index)
     share = "exact" if "exact" in board else "certified" if "certified" in board else None
     if share is not None:
         closed = np.array([is_exact(v) for v in board[share]], dtype=bool)
@@ -80,6 +95,16 @@ def display_frame(board: pd.DataFrame) -> pd.DataFrame:
             if "median_radius" in disp:
                 has = closed & board["median_radius"].notna().to_numpy()
                 disp.loc[has, "median_radius"] = disp.loc[has, "median_radius"] + EXACT_RADIUS
+    for c in shown:
+        if f"{c}_lo" in bounds and f"{c}_hi" in bounds:
+            lo, hi = board[f"{c}_lo"], board[f"{c}_hi"]
+            has = (lo.notna() & hi.notna() & board[c].notna()).to_numpy()
+            if has.any():
+                text = [f"{v} [{_fmt(a, c)}, {_fmt(b, c)}]" for v, a, b in zip(disp[c], lo, hi, strict=True)]
+                disp[c] = np.where(has, text, disp[c])
+    if "rank" in board and {"dataset", "threat"} <= set(board.columns):
+        shared = board.groupby(["dataset", "threat"])["rank"].transform(lambda r: r.map(r.value_counts()) > 1).to_numpy(dtype=bool)
+        disp.loc[shared, "rank"] = disp.loc[shared, "rank"] + "="
     return disp
 
 
@@ -97,7 +122,7 @@ def to_markdown(board: pd.DataFrame, overall: pd.DataFrame | None = None, title:
     lines += ["Accuracies in %; radii in the threat model's norm on standardised features. Empirical (attack) and certified "
               "numbers side by side; columns are defined at the end and in the README.", ""]
     if overall is not None and not overall.empty:
-        lines += ["## Overall ranking (mean rank across datasets)", ""]
+        lines += ["## Overall ranking (mean rank across datasets; descriptive, interval = bootstrap over datasets)", ""]
         lines += _md_table(overall)
     for (ds, th), sub in board.groupby(["dataset", "threat"], sort=True):
         lines += [f"## {_md_escape(ds)} — {_md_escape(th)}", ""]
@@ -130,7 +155,7 @@ def to_latex(board: pd.DataFrame) -> str:
     """A booktabs LaTeX table per (dataset, threat), with every cell escaped."""
     out = []
     for (ds, th), sub in board.groupby(["dataset", "threat"], sort=True):
-        sub = sub.drop(columns=["dataset", "threat", "attacks", "flags"], errors="ignore").dropna(axis=1, how="all")
+        sub = sub.drop(columns=["dataset", "threat", "attacks", "flags", "tied_with"], errors="ignore").dropna(axis=1, how="all")
         disp = display_frame(sub)
         out.append(r"\begin{table}[t]\centering\small")
         out.append(rf"\caption{{Robustness leaderboard: {_tex(ds)}, threat model {_tex(th)}. "
@@ -158,21 +183,29 @@ def _num(v: Any) -> Any:
     return v
 
 
+def _interval(r: pd.Series, col: str) -> tuple[Any, Any]:
+    return _num(r.get(f"{col}_lo")), _num(r.get(f"{col}_hi"))
+
+
 def to_json_rows(board: pd.DataFrame) -> list[dict[str, Any]]:
     """One RobustBench-like row per (model, dataset, threat); numbers stay numbers (NaN -> null, ∞ -> "inf").
 
     `robust_acc` (empirical) and `certified_acc` (proved) per eps, `median_radius` and
     `certified_radius` (the two ends of the bracket), `gap`, `exact_fraction` (also under its older
-    key `certified_fraction`) and `certifiers`.
+    key `certified_fraction`) and `certifiers`. Every number with an interval has `<key>_lo` and
+    `<key>_hi` beside it (per-eps dicts: `robust_acc_lo`, `robust_acc_hi`, ...); `rank` is
+    significance-aware and `tied_with` names the models not significantly different.
     """
     rows = []
     for _, r in board.iterrows():
-        eps = sorted([c.split("@", 1)[1] for c in board.columns if c.startswith("robust_acc@") and not pd.isna(r[c])], key=float)
+        eps = sorted([c.split("@", 1)[1] for c in board.columns
+                      if c.startswith("robust_acc@") and not c.endswith(("_lo", "_hi")) and not pd.isna(r[c])], key=float)
         exact = r.get("exact") if "exact" in board else r.get("certified")  # boards written before the rename
-        rows.append({
+        row: dict[str, Any] = {
             "name": r["model"], "model": r["model"], "family": r.get("family"), "path": r.get("path"), "dataset": r["dataset"],
             "threat_model": r["threat"],
-            "rank": _num(r.get("rank")), "clean_acc": _num(r.get("clean_accuracy")),
+            "rank": _num(r.get("rank")), "tied_with": [a.strip() for a in _text(r.get("tied_with")).split(",") if a.strip()],
+            "clean_acc": _num(r.get("clean_accuracy")),
             "eps": [float(e) for e in eps], "robust_acc": {e: _num(r[f"robust_acc@{e}"]) for e in eps},
             "certified_acc": {e: _num(r.get(f"certified_acc@{e}")) for e in eps},
             "median_radius": _num(r.get("median_radius")), "certified_radius": _num(r.get("certified_radius")), "gap": _num(r.get("gap")),
@@ -184,7 +217,15 @@ def to_json_rows(board: pd.DataFrame) -> list[dict[str, Any]]:
             "flags": [a.strip() for a in str(r.get("flags") or "").split(",") if a.strip()],
             "rejected_candidates": _num(r.get("rejected")), "fit_time_s": _num(r.get("fit_time")), "eval_time_s": _num(r.get("eval_time")),
             "seeds": _num(r.get("seeds")), "n_points": _num(r.get("n_points")),
-        })
+        }
+        if "clean_accuracy_lo" in board:
+            for key, col in (("clean_acc", "clean_accuracy"), ("median_radius", "median_radius"), ("certified_radius", "certified_radius"),
+                             ("gap", "gap"), ("exact_fraction", "exact"), ("auc", "auc"), *((m.key, m.name) for m in LEADERBOARD_METRICS)):
+                row[f"{key}_lo"], row[f"{key}_hi"] = _interval(r, col)
+            for key in ("robust_acc", "certified_acc"):
+                row[f"{key}_lo"] = {e: _interval(r, f"{key}@{e}")[0] for e in eps}
+                row[f"{key}_hi"] = {e: _interval(r, f"{key}@{e}")[1] for e in eps}
+        rows.append(row)
     return rows
 
 

@@ -26,6 +26,7 @@ ran): "not certified", never 0.
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Iterable
 from typing import Any
 
@@ -34,6 +35,7 @@ import pandas as pd
 
 from ..attacks.base import strongest_path
 from ..attacks.registry import attack_path
+from ..metrics.intervals import ALPHA, DEFAULT_BOOT, DEFAULT_CONFIDENCE, DEFAULT_PERM, RankGroups, clopper_pearson, percentile_interval, rank_groups
 from ..metrics.registry import LEADERBOARD_METRICS, OVERALL_METRICS
 
 
@@ -92,28 +94,97 @@ def gap_ratio(radius: np.ndarray, lower: np.ndarray) -> np.ndarray:
     return np.where(np.isnan(radius), np.nan, ratio)
 
 
+# ----------------------------------------------------------------------------------------
+# Per-run statistics, vectorised over bootstrap replicates
+# ----------------------------------------------------------------------------------------
+# Every number of a run is a statistic of its per-point arrays; `_run_stats` evaluates all of
+# them for a (B, n) matrix of point indices. The point estimate is the identity row, a bootstrap
+# replicate is a resampled row: one definition serves both.
+def _run_arrays(p: pd.DataFrame, keys: list[str]) -> dict[str, Any]:
+    """The per-point arrays a run's numbers are computed from."""
+    n = len(p)
+    correct = _numeric(p, "correct") > 0.5
+    radius = _numeric(p, "radius")
+    lower = _numeric(p, "lower_bound")
+    robust = np.full((n, len(keys)), np.nan)
+    if keys and "robust_at" in p:
+        for i, d in enumerate(p["robust_at"]):
+            if isinstance(d, dict):
+                for j, k in enumerate(keys):
+                    if k in d and d[k] is not None:
+                        robust[i, j] = float(d[k])
+    stored = _numeric(p, "exact") if "exact" in p else None
+    metrics = {m.name: _numeric(p, m.name) for m in LEADERBOARD_METRICS}
+    return {"n": n, "keys": keys, "correct": correct, "radius": radius, "lower": lower, "robust": robust,
+            "has_radius": bool(n and not np.isnan(radius).all()), "has_lower": bool(n and not np.isnan(lower).all()),
+            "closed": closed_brackets(radius, lower, stored), "gap": gap_ratio(radius, lower), "metrics": metrics}
+
+
+def _masked_median(v: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Row-wise median of v where mask (NaN entries ignored); NaN for a row with no such entry."""
+    with np.errstate(invalid="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN rows: NaN, handled by the caller
+        return np.nanmedian(np.where(mask, v, np.nan), axis=1)
+
+
+def _masked_mean(v: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    with np.errstate(invalid="ignore", divide="ignore"):
+        cnt = mask.sum(axis=1)
+        return np.where(cnt > 0, np.where(mask, v, 0.0).sum(axis=1) / np.maximum(cnt, 1), np.nan)
+
+
+def _run_stats(a: dict[str, Any], idx: np.ndarray) -> dict[str, np.ndarray]:
+    """Every leaderboard number of one run for each row of the index matrix idx (B, n) -> {column: (B,)}.
+
+    Definitions (the module docstring): accuracies over all points, radii over clean-correct points.
+    """
+    B = idx.shape[0]
+    nan = np.full(B, np.nan)
+    out: dict[str, np.ndarray] = {}
+    if a["n"] == 0:
+        return out
+    correct = a["correct"][idx]
+    any_c = correct.any(axis=1)
+    out["clean_accuracy"] = correct.mean(axis=1)
+    keys: list[str] = a["keys"]
+    for j, k in enumerate(keys):
+        col = a["robust"][:, j][idx]
+        out[f"robust_acc@{k}"] = _masked_mean(col, ~np.isnan(col))
+    if a["has_radius"]:
+        radius = a["radius"][idx]
+        out["median_radius"] = np.where(any_c, _masked_median(radius, correct), 0.0)
+        if keys:
+            emax = max(float(k) for k in keys)
+            out["auc"] = np.minimum(np.nan_to_num(radius, nan=0.0), emax).mean(axis=1) / emax
+        else:
+            out["auc"] = nan
+    else:
+        out["median_radius"] = out["auc"] = nan
+    for k in keys:
+        out[f"certified_acc@{k}"] = nan
+    out["certified_radius"] = out["gap"] = out["exact"] = nan
+    if a["has_lower"]:
+        lower = a["lower"][idx]
+        for k in keys:
+            with np.errstate(invalid="ignore"):
+                out[f"certified_acc@{k}"] = (correct & (lower > float(k))).mean(axis=1)
+        lb0 = np.nan_to_num(lower, nan=0.0, posinf=np.inf)
+        out["certified_radius"] = np.where(any_c, _masked_median(lb0, correct), 0.0)  # no correct point: nothing robust
+        gap = a["gap"][idx]
+        out["gap"] = _masked_median(gap, correct & ~np.isnan(gap))
+        out["exact"] = _masked_mean(a["closed"][idx].astype(float), correct)
+    for m in LEADERBOARD_METRICS:
+        v = a["metrics"][m.name][idx]
+        ok = ~np.isnan(v)
+        out[m.name] = _masked_median(v, ok) if m.aggregate == "median" else _masked_mean(v, ok)
+    return out
+
+
 def certified_columns(p: pd.DataFrame, keys: list[str]) -> dict[str, float]:
     """The certified columns of one run's points (see the module docstring); NaN without any lower bound."""
-    lower = _numeric(p, "lower_bound")
-    out: dict[str, float] = {f"certified_acc@{k}": np.nan for k in keys}
-    out.update(certified_radius=np.nan, gap=np.nan, exact=np.nan)
-    if not len(p) or np.isnan(lower).all():
-        return out
-    radius = _numeric(p, "radius")
-    correct = _numeric(p, "correct") > 0.5
-    for k in keys:
-        with np.errstate(invalid="ignore"):
-            out[f"certified_acc@{k}"] = float(np.mean(correct & (lower > float(k))))
-    if not correct.any():
-        out["certified_radius"] = 0.0  # like median_radius: nothing is robust
-        return out
-    lb_cc = np.nan_to_num(lower[correct], nan=0.0, posinf=np.inf)
-    out["certified_radius"] = float(np.median(lb_cc))
-    ratio = gap_ratio(radius[correct], lower[correct])
-    out["gap"] = float(np.median(ratio[~np.isnan(ratio)])) if (~np.isnan(ratio)).any() else np.nan
-    stored = _numeric(p, "exact") if "exact" in p else None
-    out["exact"] = float(np.mean(closed_brackets(radius, lower, stored)[correct]))
-    return out
+    stats = _run_stats(_run_arrays(p, keys), np.arange(len(p))[None, :])
+    cols = [*(f"certified_acc@{k}" for k in keys), "certified_radius", "gap", "exact"]
+    return {c: float(stats[c][0]) if c in stats else np.nan for c in cols}
 
 
 NOT_CERTIFIERS = frozenset({"misclassified"})  # per-point notes in the `cert` column that name no certifier
@@ -137,29 +208,20 @@ def per_run(runs: pd.DataFrame, points: pd.DataFrame) -> pd.DataFrame:
     if runs.empty:
         return pd.DataFrame()
     ok = runs[runs["status"] == "ok"]
+    by_run = dict(tuple(points.groupby("run_id", sort=False))) if not points.empty and "run_id" in points else {}
     for _, run in ok.iterrows():
-        p = points[points["run_id"] == run["run_id"]]
+        p = by_run.get(run["run_id"], points.iloc[0:0])
         row: dict[str, Any] = {k: run.get(k) for k in ("run_id", "model", "family", "dataset", "threat", "norm", "seed", "fit_time", "eval_time")}
         row["n_points"] = len(p)
-        row["clean_accuracy"] = float(p["correct"].mean()) if len(p) else np.nan
         keys = eps_keys(p)
+        stats = _run_stats(_run_arrays(p, keys), np.arange(len(p))[None, :])
+        row["clean_accuracy"] = float(stats["clean_accuracy"][0]) if stats else np.nan
         for k in keys:
-            vals: list[Any] = [d.get(k) for d in p["robust_at"] if isinstance(d, dict) and k in d]
-            row[f"robust_acc@{k}"] = float(np.mean(vals)) if vals else np.nan
-        radius = pd.to_numeric(p["radius"], errors="coerce").to_numpy(dtype=float) if "radius" in p else np.array([])
-        if radius.size and not np.isnan(radius).all():
-            correct = p["correct"].to_numpy(dtype=bool)
-            row["median_radius"] = float(np.median(radius[correct])) if correct.any() else 0.0
-            emax = max(float(k) for k in keys) if keys else np.nan
-            row["auc"] = float(np.mean(np.minimum(np.nan_to_num(radius, nan=0.0), emax)) / emax) if keys else np.nan
-        else:
-            row["median_radius"] = np.nan
-            row["auc"] = np.nan
-        row.update(certified_columns(p, keys))
+            row[f"robust_acc@{k}"] = float(stats[f"robust_acc@{k}"][0])
+        for c in ("median_radius", "auc", *(f"certified_acc@{k}" for k in keys), "certified_radius", "gap", "exact",
+                  *(m.name for m in LEADERBOARD_METRICS)):
+            row[c] = float(stats[c][0]) if c in stats else np.nan
         row["certifier"] = _certifiers(p)
-        for m in LEADERBOARD_METRICS:
-            c = m.name
-            row[c] = float(getattr(pd.to_numeric(p[c], errors="coerce"), m.aggregate)()) if c in p and p[c].notna().any() else np.nan
         row["attacks"] = ", ".join(run["attacks"]) if isinstance(run.get("attacks"), list) else (run.get("attacks") or "")
         row["path"] = attack_path(a.strip() for a in row["attacks"].split(",") if a.strip())
         flags = run.get("flags")
@@ -167,6 +229,81 @@ def per_run(runs: pd.DataFrame, points: pd.DataFrame) -> pd.DataFrame:
         row["rejected"] = run.get("rejected")
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+# ----------------------------------------------------------------------------------------
+# Intervals and significance-aware ranks
+# ----------------------------------------------------------------------------------------
+def cell_intervals(run_points: list[pd.DataFrame], keys: list[str], *, n_boot: int = DEFAULT_BOOT,
+                   confidence: float = DEFAULT_CONFIDENCE, seed: int = 0) -> dict[str, tuple[float, float]]:
+    """Percentile-bootstrap intervals of every number of one leaderboard cell (one model, dataset, threat).
+
+    The cell's number is the mean over its runs (seeds) of each run's statistic; a replicate
+    resamples each run's points with replacement (stratified by seed: every seed keeps its point
+    count) and averages the runs' replicate statistics. Where every point of a 0/1 proportion has
+    the same value (e.g. 30 of 30 correct) the bootstrap distribution is a single point; the
+    interval is then the exact Clopper–Pearson interval of the pooled count instead.
+    """
+    rng = np.random.default_rng(seed)
+    reps: dict[str, list[np.ndarray]] = {}
+    props: dict[str, list[np.ndarray]] = {}
+    for p in run_points:
+        a = _run_arrays(p, keys)
+        if a["n"] == 0:
+            continue
+        idx = rng.integers(0, a["n"], size=(n_boot, a["n"]))
+        for c, v in _run_stats(a, idx).items():
+            reps.setdefault(c, []).append(v)
+        props.setdefault("clean_accuracy", []).append(a["correct"].astype(float))
+        for j, k in enumerate(keys):
+            props.setdefault(f"robust_acc@{k}", []).append(a["robust"][:, j])
+            if a["has_lower"]:
+                with np.errstate(invalid="ignore"):
+                    props.setdefault(f"certified_acc@{k}", []).append((a["correct"] & (a["lower"] > float(k))).astype(float))
+    out: dict[str, tuple[float, float]] = {}
+    for c, vs in reps.items():
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # a statistic NaN in every run stays NaN
+            r = np.nanmean(np.stack(vs, axis=1), axis=1) if len(vs) > 1 else vs[0]
+        lo, hi = percentile_interval(r, confidence)
+        if c in props and lo == hi:
+            vals = np.concatenate(props[c])
+            vals = vals[~np.isnan(vals)]
+            if vals.size and np.all(vals == vals[0]):
+                lo, hi = clopper_pearson(int(vals.sum()), int(vals.size), confidence)
+        out[c] = (lo, hi)
+    return out
+
+
+def _point_scores(p: pd.DataFrame, keys: list[str]) -> pd.Series:
+    """Per-point contribution to the rank score, indexed by (seed, test point): min(radius, ε_max)/ε_max
+    (its mean is the auc), or the point's mean robustness over the ε grid for fixed-ε threat models."""
+    a = _run_arrays(p, keys)
+    if a["has_radius"] and keys:
+        emax = max(float(k) for k in keys)
+        s = np.minimum(np.nan_to_num(a["radius"], nan=0.0), emax) / emax
+    elif keys:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            s = np.nanmean(a["robust"], axis=1)
+    else:
+        s = np.full(a["n"], np.nan)
+    where = _numeric(p, "test_index")
+    where = np.where(np.isnan(where), -1 - _numeric(p, "idx"), where)  # no test index: the row's position
+    seed = pd.to_numeric(p["seed"], errors="coerce").fillna(-1).astype(int).to_numpy() if "seed" in p else np.zeros(len(p), int)
+    return pd.Series(s, index=pd.MultiIndex.from_arrays([seed, where.astype(np.int64)], names=["seed", "point"]))
+
+
+def block_ranks(cell_points: dict[str, pd.DataFrame], keys: list[str], *, alpha: float = ALPHA, n_perm: int = DEFAULT_PERM,
+                seed: int = 0) -> RankGroups:
+    """Significance-aware ranks of the models of one (dataset, threat) block, paired on the same points."""
+    names = sorted(cell_points)
+    cols = []
+    for m in names:
+        s = _point_scores(cell_points[m], keys)
+        cols.append(s[~s.index.duplicated()].rename(m))
+    table = pd.concat(cols, axis=1, join="outer") if cols else pd.DataFrame()
+    return rank_groups(names, table.to_numpy(dtype=float), alpha=alpha, n_perm=n_perm, seed=seed)
 
 
 def _join_names(s: Iterable[Any]) -> str:
@@ -181,8 +318,23 @@ def _rank_key(df: pd.DataFrame) -> pd.Series:
     return df["auc"].where(df["auc"].notna(), mean_rob)
 
 
-def leaderboard_from_frames(runs: pd.DataFrame, points: pd.DataFrame, dataset: str | None = None, threat: str | None = None) -> pd.DataFrame:
-    """The ranked leaderboard per (dataset, threat): seeds averaged, rank 1 = most robust."""
+def interval_columns(board: pd.DataFrame) -> list[str]:
+    """The columns of a board that carry an interval (a `<col>_lo` and a `<col>_hi` column)."""
+    return [c for c in board.columns if f"{c}_lo" in board.columns and f"{c}_hi" in board.columns]
+
+
+def leaderboard_from_frames(runs: pd.DataFrame, points: pd.DataFrame, dataset: str | None = None, threat: str | None = None, *,
+                            intervals: bool = True, n_boot: int = DEFAULT_BOOT, confidence: float = DEFAULT_CONFIDENCE,
+                            alpha: float = ALPHA, seed: int = 0) -> pd.DataFrame:
+    """The ranked leaderboard per (dataset, threat): seeds averaged, rank 1 = most robust.
+
+    With `intervals` every number gets `<col>_lo`/`<col>_hi`: the `confidence` percentile-bootstrap
+    interval over points, stratified by seed (`cell_intervals`). `rank` is significance-aware:
+    1 + the number of models of the block that are significantly better (paired sign-flip tests on
+    the same points, Holm-adjusted over the block's pairs, level `alpha`); models not significantly
+    different share a rank unless a third model separates them, and `tied_with` lists them.
+    Without intervals the rank is the plain order of the score (ties by equal score only).
+    """
     pr = per_run(runs, points)
     if pr.empty:
         return pr
@@ -198,27 +350,83 @@ def leaderboard_from_frames(runs: pd.DataFrame, points: pd.DataFrame, dataset: s
     g = pr.groupby(["dataset", "threat", "model"], as_index=False).agg(agg).rename(columns={"seed": "seeds"})
     g["score"] = _rank_key(g)
     g["rank"] = g.groupby(["dataset", "threat"])["score"].rank(ascending=False, method="min")
-    g = g.sort_values(["dataset", "threat", "rank", "clean_accuracy"], ascending=[True, True, True, False])
+    g["tied_with"] = ""
     eps = sorted({c.split("@", 1)[1] for c in g.columns if c.startswith(("robust_acc@", "certified_acc@"))}, key=float)
     acc = [c for e in eps for c in (f"robust_acc@{e}", f"certified_acc@{e}")]  # empirical and certified side by side
-    cols = ["dataset", "threat", "rank", "model", "family", "path", "clean_accuracy", *acc, "median_radius", "certified_radius", "gap",
-            "exact", "auc", "certifier",
-            *[m.name for m in LEADERBOARD_METRICS], "attacks", "flags", "rejected", "fit_time", "eval_time", "seeds", "n_points"]
+    numbers = ["clean_accuracy", *acc, "median_radius", "certified_radius", "gap", "exact", "auc", *[m.name for m in LEADERBOARD_METRICS]]
+    bounds: list[str] = []
+    if intervals and not points.empty:
+        ok_ids = set(pr["run_id"])
+        pts = points[points["run_id"].isin(ok_ids)]
+        seed_of = dict(zip(pr["run_id"], pr["seed"], strict=True))
+        pts = pts.assign(seed=pts["run_id"].map(seed_of))
+        by_cell = dict(tuple(pts.groupby(["dataset", "threat", "model"], sort=False)))
+        lo = {c: np.full(len(g), np.nan) for c in numbers}
+        hi = {c: np.full(len(g), np.nan) for c in numbers}
+        for i, (ds, th, model) in enumerate(zip(g["dataset"], g["threat"], g["model"], strict=True)):
+            cp = by_cell.get((ds, th, model))
+            if cp is None:
+                continue
+            keys = [e for e in eps if pd.notna(g.iloc[i].get(f"robust_acc@{e}"))]
+            ivs = cell_intervals([sub for _, sub in cp.groupby("run_id", sort=True)], keys, n_boot=n_boot, confidence=confidence, seed=seed)
+            for c, (a, b) in ivs.items():
+                if c in lo and pd.notna(g.iloc[i][c]):
+                    lo[c][i], hi[c][i] = a, b
+        for (ds, th), sub in g.groupby(["dataset", "threat"], sort=False):
+            keys = [e for e in eps if sub.get(f"robust_acc@{e}") is not None and sub[f"robust_acc@{e}"].notna().any()]
+            cells = {m: by_cell[(ds, th, m)] for m in sub["model"] if (ds, th, m) in by_cell}
+            if len(cells) < 2:
+                continue
+            rg = block_ranks(cells, keys, alpha=alpha, seed=seed)
+            pos = {m: j for j, m in enumerate(rg.models)}
+            for ix, m in zip(sub.index, sub["model"], strict=True):
+                if m in pos:
+                    g.loc[ix, "rank"] = int(rg.rank[pos[m]])
+                    g.loc[ix, "tied_with"] = ", ".join(rg.tied_with(pos[m], alpha))
+        for c in numbers:
+            if c in g.columns:
+                g[f"{c}_lo"], g[f"{c}_hi"] = lo[c], hi[c]
+                bounds += [f"{c}_lo", f"{c}_hi"]
+    g = g.sort_values(["dataset", "threat", "rank", "score", "clean_accuracy"], ascending=[True, True, True, False, False])
+    cols = ["dataset", "threat", "rank", "model", "family", "path", *numbers, "certifier", "tied_with",
+            "attacks", "flags", "rejected", "fit_time", "eval_time", "seeds", "n_points", *bounds]
     out = g[[c for c in cols if c in g.columns]].reset_index(drop=True)
     out["rank"] = out["rank"].astype(int)
     return out
 
 
-def overall_ranking(board: pd.DataFrame) -> pd.DataFrame:
-    """Mean rank of each model across datasets, per threat model (lower is better)."""
+def overall_ranking(board: pd.DataFrame, *, n_boot: int = DEFAULT_BOOT, confidence: float = DEFAULT_CONFIDENCE, seed: int = 0) -> pd.DataFrame:
+    """Mean rank of each model across datasets, per threat model (lower is better): descriptive.
+
+    `mean_rank_lo`/`mean_rank_hi` is a percentile-bootstrap interval over datasets (datasets
+    resampled with replacement; a model's mean over the resampled datasets it was evaluated on).
+    With few datasets the interval is wide and the order is a description, not a test.
+    """
     if board.empty:
         return board
     g = board.groupby(["threat", "model"], as_index=False).agg(
         family=("family", "first"), mean_rank=("rank", "mean"), datasets=("dataset", "nunique"),
         clean_accuracy=("clean_accuracy", "mean"), auc=("auc", "mean"), **{m.name: (m.name, "mean") for m in OVERALL_METRICS})
     g["overall_rank"] = g.groupby("threat")["mean_rank"].rank(method="min").astype(int)
+    g["mean_rank_lo"] = np.nan
+    g["mean_rank_hi"] = np.nan
+    rng = np.random.default_rng(seed)
+    for th, sub in board.groupby("threat", sort=True):
+        R = sub.pivot_table(index="dataset", columns="model", values="rank", aggfunc="mean")
+        if R.shape[0] < 2:
+            continue
+        idx = rng.integers(0, R.shape[0], size=(n_boot, R.shape[0]))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            reps = np.nanmean(R.to_numpy(dtype=float)[idx], axis=1)  # (n_boot, models)
+        for j, m in enumerate(R.columns):
+            a, b = percentile_interval(reps[:, j], confidence)
+            sel = (g["threat"] == th) & (g["model"] == m)
+            g.loc[sel, "mean_rank_lo"] = a
+            g.loc[sel, "mean_rank_hi"] = b
     return g.sort_values(["threat", "overall_rank"]).reset_index(drop=True)[
-        ["threat", "overall_rank", "model", "family", "mean_rank", "datasets", "clean_accuracy", "auc", *[m.name for m in OVERALL_METRICS]]]
+        ["threat", "overall_rank", "model", "family", "mean_rank", "datasets", "clean_accuracy", "auc", *[m.name for m in OVERALL_METRICS],
+         "mean_rank_lo", "mean_rank_hi"]]
 
 
 def leaderboard(store: str | os.PathLike = "reports/results.sqlite", *, dataset: str | None = None, threat: str | None = None) -> pd.DataFrame:
