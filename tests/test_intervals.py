@@ -127,3 +127,34 @@ def test_leaderboard_ranks_ties_and_separates_a_planted_difference():
     assert (board["seeds"] == 3).all()
     ov = overall_ranking(board)
     assert {"mean_rank_lo", "mean_rank_hi"} <= set(ov.columns)
+
+
+def test_intervals_reach_every_format():
+    import io
+    import json
+
+    from robustbench_align.reports.export import display_frame, render
+
+    runs, pts = _board_frames({"a": lambda g, n: g.uniform(0, 0.4, n), "b": lambda g, n: g.uniform(0.1, 0.5, n)}, seeds=(0,), n=25)
+    board = leaderboard_from_frames(runs, pts, n_boot=300)
+    rows = {r["model"]: r for r in json.loads(render(board, "json"))}
+    a = board.set_index("model").loc["a"]
+    assert rows["a"]["clean_acc_lo"] == pytest.approx(a["clean_accuracy_lo"]) and rows["a"]["auc_hi"] == pytest.approx(a["auc_hi"])
+    assert rows["a"]["robust_acc_lo"]["0.1"] == pytest.approx(a["robust_acc@0.1_lo"])
+    back = pd.read_csv(io.StringIO(render(board, "csv")))
+    assert {"auc_lo", "auc_hi", "robust_acc@0.3_lo", "median_radius_hi"} <= set(back.columns)
+    shown = display_frame(board).set_index(board["model"])
+    assert "auc_lo" not in shown.columns
+    assert shown.loc["a", "robust_acc@0.1"] == f"{100 * a['robust_acc@0.1']:.1f} [{100 * a['robust_acc@0.1_lo']:.1f}, {100 * a['robust_acc@0.1_hi']:.1f}]"
+    tex = render(board, "latex")
+    assert "[" in tex and "auc\\_lo" not in tex
+
+
+def test_a_one_point_cell_shows_no_interval():
+    runs, pts = _board_frames({"a": lambda g, n: g.uniform(0, 0.4, n), "b": lambda g, n: g.uniform(0, 0.4, n)}, seeds=(0,), n=1)
+    board = leaderboard_from_frames(runs, pts, n_boot=100)
+    assert board["auc_lo"].isna().all() and board["clean_accuracy_hi"].isna().all()
+    from robustbench_align.reports.export import display_frame
+
+    assert "[" not in "".join(display_frame(board)["auc"]) and "nan" not in "".join(display_frame(board)["auc"])
+    assert (board["rank"] == 1).all()  # one point each: nothing is significant

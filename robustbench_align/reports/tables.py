@@ -121,10 +121,18 @@ def _run_arrays(p: pd.DataFrame, keys: list[str]) -> dict[str, Any]:
 
 
 def _masked_median(v: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """Row-wise median of v where mask (NaN entries ignored); NaN for a row with no such entry."""
-    with np.errstate(invalid="ignore"), warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN rows: NaN, handled by the caller
-        return np.nanmedian(np.where(mask, v, np.nan), axis=1)
+    """Row-wise median of v where mask (NaN entries ignored); NaN for a row with no such entry.
+
+    Sorting puts NaN last (after +inf), so the median is read off the first `count` entries.
+    """
+    w = np.sort(np.where(mask, v, np.nan), axis=1)
+    cnt = (mask & ~np.isnan(v)).sum(axis=1)
+    rows = np.arange(w.shape[0])
+    lo = w[rows, np.maximum(cnt - 1, 0) // 2]
+    hi = w[rows, cnt // 2]
+    with np.errstate(invalid="ignore"):
+        med = np.where(lo == hi, lo, (lo + hi) / 2.0)  # equal ends: also inf == inf
+    return np.where(cnt > 0, med, np.nan)
 
 
 def _masked_mean(v: np.ndarray, mask: np.ndarray) -> np.ndarray:
@@ -234,7 +242,7 @@ def per_run(runs: pd.DataFrame, points: pd.DataFrame) -> pd.DataFrame:
 # ----------------------------------------------------------------------------------------
 # Intervals and significance-aware ranks
 # ----------------------------------------------------------------------------------------
-def cell_intervals(run_points: list[pd.DataFrame], keys: list[str], *, n_boot: int = DEFAULT_BOOT,
+def cell_intervals(run_points: list[pd.DataFrame] | list[dict[str, Any]], keys: list[str], *, n_boot: int = DEFAULT_BOOT,
                    confidence: float = DEFAULT_CONFIDENCE, seed: int = 0) -> dict[str, tuple[float, float]]:
     """Percentile-bootstrap intervals of every number of one leaderboard cell (one model, dataset, threat).
 
@@ -247,8 +255,10 @@ def cell_intervals(run_points: list[pd.DataFrame], keys: list[str], *, n_boot: i
     rng = np.random.default_rng(seed)
     reps: dict[str, list[np.ndarray]] = {}
     props: dict[str, list[np.ndarray]] = {}
-    for p in run_points:
-        a = _run_arrays(p, keys)
+    arrays = [p if isinstance(p, dict) else _run_arrays(p, keys) for p in run_points]
+    if sum(a["n"] for a in arrays) < 2:
+        return {}  # one point: no interval to speak of
+    for a in arrays:
         if a["n"] == 0:
             continue
         idx = rng.integers(0, a["n"], size=(n_boot, a["n"]))
@@ -275,10 +285,10 @@ def cell_intervals(run_points: list[pd.DataFrame], keys: list[str], *, n_boot: i
     return out
 
 
-def _point_scores(p: pd.DataFrame, keys: list[str]) -> pd.Series:
+def _point_scores(p: pd.DataFrame, keys: list[str], arrays: dict[str, Any] | None = None) -> pd.Series:
     """Per-point contribution to the rank score, indexed by (seed, test point): min(radius, ε_max)/ε_max
     (its mean is the auc), or the point's mean robustness over the ε grid for fixed-ε threat models."""
-    a = _run_arrays(p, keys)
+    a = arrays if arrays is not None else _run_arrays(p, keys)
     if a["has_radius"] and keys:
         emax = max(float(k) for k in keys)
         s = np.minimum(np.nan_to_num(a["radius"], nan=0.0), emax) / emax
@@ -295,12 +305,20 @@ def _point_scores(p: pd.DataFrame, keys: list[str]) -> pd.Series:
 
 
 def block_ranks(cell_points: dict[str, pd.DataFrame], keys: list[str], *, alpha: float = ALPHA, n_perm: int = DEFAULT_PERM,
-                seed: int = 0) -> RankGroups:
-    """Significance-aware ranks of the models of one (dataset, threat) block, paired on the same points."""
+                seed: int = 0, arrays: dict[str, list[dict[str, Any]]] | None = None) -> RankGroups:
+    """Significance-aware ranks of the models of one (dataset, threat) block, paired on the same points.
+
+    `cell_points[model]` holds the model's points over all its seeds; `arrays[model]`, when given,
+    the per-run arrays of those points in run order (cell_points grouped by run_id, sorted).
+    """
     names = sorted(cell_points)
     cols = []
     for m in names:
-        s = _point_scores(cell_points[m], keys)
+        if arrays is not None and m in arrays:
+            parts = [_point_scores(sub, keys, a) for (_, sub), a in zip(cell_points[m].groupby("run_id", sort=True), arrays[m], strict=True)]
+            s = pd.concat(parts) if parts else pd.Series(dtype=float)
+        else:
+            s = _point_scores(cell_points[m], keys)
         cols.append(s[~s.index.duplicated()].rename(m))
     table = pd.concat(cols, axis=1, join="outer") if cols else pd.DataFrame()
     return rank_groups(names, table.to_numpy(dtype=float), alpha=alpha, n_perm=n_perm, seed=seed)
@@ -363,21 +381,25 @@ def leaderboard_from_frames(runs: pd.DataFrame, points: pd.DataFrame, dataset: s
         by_cell = dict(tuple(pts.groupby(["dataset", "threat", "model"], sort=False)))
         lo = {c: np.full(len(g), np.nan) for c in numbers}
         hi = {c: np.full(len(g), np.nan) for c in numbers}
+        present = {c: g[c].notna().to_numpy() for c in numbers if c in g.columns}
+        cell_arrays: dict[tuple[Any, Any, Any], list[dict[str, Any]]] = {}
         for i, (ds, th, model) in enumerate(zip(g["dataset"], g["threat"], g["model"], strict=True)):
             cp = by_cell.get((ds, th, model))
             if cp is None:
                 continue
-            keys = [e for e in eps if pd.notna(g.iloc[i].get(f"robust_acc@{e}"))]
-            ivs = cell_intervals([sub for _, sub in cp.groupby("run_id", sort=True)], keys, n_boot=n_boot, confidence=confidence, seed=seed)
+            keys = [e for e in eps if f"robust_acc@{e}" in present and present[f"robust_acc@{e}"][i]]
+            cell_arrays[(ds, th, model)] = arrs = [_run_arrays(sub, keys) for _, sub in cp.groupby("run_id", sort=True)]
+            ivs = cell_intervals(arrs, keys, n_boot=n_boot, confidence=confidence, seed=seed)
             for c, (a, b) in ivs.items():
-                if c in lo and pd.notna(g.iloc[i][c]):
+                if c in lo and c in present and present[c][i]:
                     lo[c][i], hi[c][i] = a, b
         for (ds, th), sub in g.groupby(["dataset", "threat"], sort=False):
             keys = [e for e in eps if sub.get(f"robust_acc@{e}") is not None and sub[f"robust_acc@{e}"].notna().any()]
             cells = {m: by_cell[(ds, th, m)] for m in sub["model"] if (ds, th, m) in by_cell}
             if len(cells) < 2:
                 continue
-            rg = block_ranks(cells, keys, alpha=alpha, seed=seed)
+            same_keys = {m: cell_arrays[(ds, th, m)] for m in cells if cell_arrays[(ds, th, m)] and cell_arrays[(ds, th, m)][0]["keys"] == keys}
+            rg = block_ranks(cells, keys, alpha=alpha, seed=seed, arrays=same_keys)
             pos = {m: j for j, m in enumerate(rg.models)}
             for ix, m in zip(sub.index, sub["model"], strict=True):
                 if m in pos:
