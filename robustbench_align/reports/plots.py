@@ -44,14 +44,20 @@ def _png(fig: Any, path: str | os.PathLike | None = None) -> bytes:
 class CurveFigure:
     """A robust-accuracy figure and what it shows.
 
-    png: the PNG bytes. models: every model drawn (empirical curve, solid). certified: the models
-    that also have a certified curve (dashed, same colour, the bracket between the two shaded);
-    a model none of whose points carries a lower bound gets none.
+    png: the PNG bytes. models: every model drawn (empirical curve, solid, inside its shaded
+    pointwise 95% bootstrap band). certified: the models that also have a certified curve (dashed,
+    same colour, the bracket between the two hatched); a model none of whose points carries a lower
+    bound gets none. banded: the models whose band was drawn (those with at least two points).
     """
 
     png: bytes
     models: list[str] = field(default_factory=list)
     certified: list[str] = field(default_factory=list)
+    banded: list[str] = field(default_factory=list)
+
+
+BAND_BOOT = 1000  # bootstrap replicates of the pointwise band
+BAND_CONFIDENCE = 0.95
 
 
 def _numeric(g: pd.DataFrame, col: str) -> np.ndarray:
@@ -69,16 +75,45 @@ def certified_curve(g: pd.DataFrame, eps: np.ndarray) -> np.ndarray | None:
         return np.array([np.mean(correct & (lower > e)) for e in eps], dtype=float)
 
 
+def _strata(g: pd.DataFrame) -> np.ndarray | None:
+    """The seed of each point (the bootstrap strata); None when the points carry no seed."""
+    if "seed" not in g or g["seed"].isna().all():
+        return None
+    return g["seed"].astype(str).to_numpy()
+
+
+def robust_band(indicators: np.ndarray, strata: np.ndarray | None = None, n_boot: int = BAND_BOOT,
+                confidence: float = BAND_CONFIDENCE) -> tuple[np.ndarray, np.ndarray]:
+    """Pointwise percentile band (lo, hi) of the empirical robust accuracy at each eps.
+
+    `indicators` is (n_points, n_eps), 1 where a point is robust at that eps (clean-correct, no
+    adversarial within it), else 0. Points are resampled within their stratum (the seed), each seed
+    counting once, as the leaderboard averages seeds. Eps columns with the same 0/1 pattern have
+    the same band, so each distinct pattern is resampled once.
+    """
+    from ..metrics.intervals import bootstrap_means
+
+    ind = np.asarray(indicators, dtype=np.float64)
+    if ind.ndim != 2 or ind.shape[0] == 0 or ind.shape[1] == 0:
+        k = ind.shape[1] if ind.ndim == 2 else 0
+        return np.full(k, np.nan), np.full(k, np.nan)
+    patterns, inverse = np.unique(ind, axis=1, return_inverse=True)
+    lo, hi = bootstrap_means(patterns, strata=strata, n_boot=n_boot, confidence=confidence, seed=0)
+    inverse = np.asarray(inverse).reshape(-1)
+    return lo[inverse], hi[inverse]
+
+
 def robust_bracket_curves(points: pd.DataFrame, dataset: str, threat: str, path: str | os.PathLike | None = None) -> CurveFigure | None:
     """Per model on one dataset/threat, in one plot: the empirical robust accuracy vs eps (solid: share of
-    points with radius > eps, an upper bound on the truth) and, where lower bounds exist, the certified
-    robust accuracy (dashed, same colour: share of clean-correct points with lower_bound > eps, a lower
-    bound); the area between the two, the uncertainty bracket, is shaded lightly."""
+    points with radius > eps, an upper bound on the truth) inside its pointwise 95% band (shaded: a
+    bootstrap over points, stratified by seed) and, where lower bounds exist, the certified robust
+    accuracy (dashed, same colour: share of clean-correct points with lower_bound > eps, a lower
+    bound); the area between the two, the uncertainty bracket, is hatched lightly."""
     p = points[(points["dataset"] == dataset) & (points["threat"] == threat)]
     if p.empty:
         return None
     plt = _plt()
-    fig, ax = plt.subplots(figsize=(5.2, 3.4))
+    fig, ax = plt.subplots(figsize=(5.0, 3.4))
     radius = pd.to_numeric(p["radius"], errors="coerce")
     radius_grid: np.ndarray | None = None
     if radius.notna().any():  # exact step curves from radii, on one eps grid for every model
@@ -88,42 +123,55 @@ def robust_bracket_curves(points: pd.DataFrame, dataset: str, threat: str, path:
         radius_grid = np.linspace(0, emax, 200)
     models: list[str] = []
     certified: list[str] = []
+    banded: list[str] = []
+    band_alpha = max(0.07, min(0.2, 0.45 / max(p["model"].nunique(), 1)))  # many overlapping bands: fainter
     for model, g in p.groupby("model"):
         draw: dict[str, Any]
+        strata = _strata(g)
         if radius_grid is not None:
             grid = radius_grid
             r = pd.to_numeric(g["radius"], errors="coerce").fillna(0).to_numpy()
-            emp = np.array([(r > e).mean() for e in grid])
+            ind = (r[:, None] > grid[None, :]).astype(float)
+            emp = ind.mean(axis=0)
             (line,) = ax.plot(grid, emp, label=_label(model), lw=1.5)
             draw = {"lw": 1.5}
         else:
             keys = sorted({k for d in g["robust_at"] if isinstance(d, dict) for k in d}, key=float)
             grid = np.array([float(k) for k in keys])
             emp = np.array([np.mean([d[k] for d in g["robust_at"] if isinstance(d, dict) and k in d]) for k in keys])
+            full = [i for i, d in enumerate(g["robust_at"]) if isinstance(d, dict) and all(k in d and d[k] is not None for k in keys)]
+            ind = np.array([[float(g["robust_at"].iloc[i][k]) for k in keys] for i in full]).reshape(len(full), len(keys))
+            strata = strata[full] if strata is not None else None
             (line,) = ax.plot(grid, emp, marker="o", label=_label(model))
             draw = {"marker": "o", "markerfacecolor": "none"}
         models.append(str(model))
+        colour = line.get_color()
+        if len(grid) and ind.shape[0] >= 2:
+            lo, hi = robust_band(ind, strata)
+            ax.fill_between(grid, lo, hi, color=colour, alpha=band_alpha, lw=0, zorder=1)
+            banded.append(str(model))
         cert = certified_curve(g, grid) if len(grid) else None
         if cert is not None:
-            colour = line.get_color()
             ax.plot(grid, cert, ls="--", color=colour, **draw)
-            ax.fill_between(grid, cert, emp, color=colour, alpha=0.12, lw=0)
+            ax.fill_between(grid, cert, emp, facecolor="none", edgecolor=colour, alpha=0.35, hatch="////", lw=0)
             certified.append(str(model))
-    if certified:
-        from matplotlib.lines import Line2D
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
 
-        handles, labels = ax.get_legend_handles_labels()
+    handles, labels = ax.get_legend_handles_labels()
+    if banded:
+        handles.append(Patch(facecolor="0.3", alpha=0.2, lw=0))
+        labels.append(f"{int(BAND_CONFIDENCE * 100)}% band (bootstrap)")
+    if certified:
         handles.append(Line2D([], [], color="0.3", ls="--", lw=1.5))
         labels.append("certified (dashed)")
-        ax.legend(handles, labels, fontsize=7, frameon=False)
-    else:
-        ax.legend(fontsize=7, frameon=False)
+    ax.legend(handles, labels, fontsize=7, frameon=False, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     ax.set_xlabel(f"eps ({p['norm'].iloc[0]})")
     ax.set_ylabel("robust accuracy")
     ax.set_ylim(-0.02, 1.02)
     ax.set_title(_label(f"{dataset} — {threat}"), fontsize=10)
     ax.grid(alpha=0.3)
-    return CurveFigure(_png(fig, path), models, certified)
+    return CurveFigure(_png(fig, path), models, certified, banded)
 
 
 def robust_curves(points: pd.DataFrame, dataset: str, threat: str, path: str | os.PathLike | None = None) -> bytes | None:
