@@ -101,7 +101,7 @@ _CERTIFY_HELP = ("Lower bounds per point: auto (default: the strongest certifier
 @app.command()
 def run(
     config: Path | None = typer.Option(None, "--config", help="TOML plan file (keys: models, datasets, threats, seeds, points, ...)."),
-    workers: int = typer.Option(1, "--workers", help="Local worker processes."),
+    workers: int = typer.Option(0, "--workers", help="Local worker processes (0 = one per usable CPU core, at most 8)."),
     dask: str | None = typer.Option(None, "--dask", help="Address of an existing Dask scheduler, e.g. tcp://host:8786."),
     quick: bool = typer.Option(False, "--quick", help="Smoke run: 2 datasets, 10 points."),
     full: bool = typer.Option(False, "--full", help="Every test point, full-effort attacks."),
@@ -117,9 +117,15 @@ def run(
     from .runner.api import run_plan
     from .runner.config import load_plan
 
-    if dask and workers != 1:
+    if dask and workers not in (0, 1):
         raise ConfigError("use either --workers or --dask, not both")
+    if workers < 0:
+        raise ConfigError(f"--workers must be >= 0 (0 = one per usable CPU core), got {workers}")
     plan = load_plan(config, quick=quick, full=full)
+    if workers == 0:
+        from .runner.executors import usable_cores
+
+        workers = 1 if dask else usable_cores()
     if certify is not None:
         plan.certify = certify
         plan.validate()

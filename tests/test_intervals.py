@@ -158,3 +158,11 @@ def test_a_one_point_cell_shows_no_interval():
 
     assert "[" not in "".join(display_frame(board)["auc"]) and "nan" not in "".join(display_frame(board)["auc"])
     assert (board["rank"] == 1).all()  # one point each: nothing is significant
+
+
+@pytest.mark.parametrize("kw", [{"n_boot": 0}, {"n_boot": 2.5}, {"confidence": 1.0}, {"alpha": 0}, {"confidence": True}])
+def test_bad_inference_settings_are_one_line_errors(kw):
+    runs, pts = _board_frames({"a": lambda g, n: g.uniform(0, 0.4, n)}, seeds=(0,), n=5)
+    with pytest.raises(ConfigError) as err:
+        leaderboard_from_frames(runs, pts, **kw)
+    assert "\n" not in str(err.value)

@@ -248,9 +248,10 @@ def cell_intervals(run_points: list[pd.DataFrame] | list[dict[str, Any]], keys: 
 
     The cell's number is the mean over its runs (seeds) of each run's statistic; a replicate
     resamples each run's points with replacement (stratified by seed: every seed keeps its point
-    count) and averages the runs' replicate statistics. Where every point of a 0/1 proportion has
-    the same value (e.g. 30 of 30 correct) the bootstrap distribution is a single point; the
-    interval is then the exact Clopper–Pearson interval of the pooled count instead.
+    count) and averages the runs' replicate statistics. Where every point of a 0/1 proportion
+    (clean, robust, certified accuracy; the exact share over clean-correct points) has the same
+    value (e.g. 30 of 30 correct) the bootstrap distribution is a single point; the interval is then
+    the exact Clopper–Pearson interval of the pooled count instead.
     """
     rng = np.random.default_rng(seed)
     reps: dict[str, list[np.ndarray]] = {}
@@ -270,6 +271,8 @@ def cell_intervals(run_points: list[pd.DataFrame] | list[dict[str, Any]], keys: 
             if a["has_lower"]:
                 with np.errstate(invalid="ignore"):
                     props.setdefault(f"certified_acc@{k}", []).append((a["correct"] & (a["lower"] > float(k))).astype(float))
+        if a["has_lower"]:
+            props.setdefault("exact", []).append(a["closed"][a["correct"]].astype(float))  # a share of the clean-correct points
     out: dict[str, tuple[float, float]] = {}
     for c, vs in reps.items():
         with warnings.catch_warnings():
@@ -336,9 +339,14 @@ def _rank_key(df: pd.DataFrame) -> pd.Series:
     return df["auc"].where(df["auc"].notna(), mean_rob)
 
 
-def interval_columns(board: pd.DataFrame) -> list[str]:
-    """The columns of a board that carry an interval (a `<col>_lo` and a `<col>_hi` column)."""
-    return [c for c in board.columns if f"{c}_lo" in board.columns and f"{c}_hi" in board.columns]
+def _check_inference(n_boot: Any, confidence: Any, alpha: Any) -> None:
+    from ..errors import ConfigError
+
+    if isinstance(n_boot, bool) or not isinstance(n_boot, (int, np.integer)) or n_boot < 1:
+        raise ConfigError(f"n_boot must be an integer >= 1 (bootstrap resamples), got {n_boot!r}")
+    for name, v in (("confidence", confidence), ("alpha", alpha)):
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.0 < float(v) < 1.0:
+            raise ConfigError(f"{name} must be a number in (0, 1), got {v!r}")
 
 
 def leaderboard_from_frames(runs: pd.DataFrame, points: pd.DataFrame, dataset: str | None = None, threat: str | None = None, *,
@@ -353,6 +361,7 @@ def leaderboard_from_frames(runs: pd.DataFrame, points: pd.DataFrame, dataset: s
     different share a rank unless a third model separates them, and `tied_with` lists them.
     Without intervals the rank is the plain order of the score (ties by equal score only).
     """
+    _check_inference(n_boot, confidence, alpha)
     pr = per_run(runs, points)
     if pr.empty:
         return pr
@@ -424,6 +433,7 @@ def overall_ranking(board: pd.DataFrame, *, n_boot: int = DEFAULT_BOOT, confiden
     resampled with replacement; a model's mean over the resampled datasets it was evaluated on).
     With few datasets the interval is wide and the order is a description, not a test.
     """
+    _check_inference(n_boot, confidence, 0.5)
     if board.empty:
         return board
     g = board.groupby(["threat", "model"], as_index=False).agg(

@@ -8,7 +8,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from ..errors import ConfigError, RBAError
-from .config import Plan
+from .config import DEFAULT_POINTS, Plan
 from .job import Job, run_job
 from .store import RunRecord, Store, exclusive
 
@@ -44,7 +44,7 @@ def run_plan(plan: Plan, store_path: str | os.PathLike, *, cache_dir: str | None
     return {"jobs": len(todo), "skipped": skipped, "runs_written": written, "runs_failed": failed, "seconds": time.perf_counter() - t0}
 
 
-def evaluate(model: Any, dataset: str, *, threats: Iterable[str] = ("linf", "l2"), points: int = 30, seed: int = 0,
+def evaluate(model: Any, dataset: str, *, threats: Iterable[str] = ("linf", "l2"), points: int = DEFAULT_POINTS, seed: int = 0,
              name: str | None = None, store: str | os.PathLike | None = None, attack_time_limit: float = 300.0,
              dataset_params: dict[str, Any] | None = None, certify: Any = "auto") -> Any:
     """Evaluate one model (a registry name, or any object `wrap` accepts) on one dataset.

@@ -36,6 +36,18 @@ def _progress(total: int, enabled: bool) -> Any:
     return tqdm(total=total, desc="cells", unit="cell", disable=not enabled or total == 0, leave=False)
 
 
+MAX_AUTO_WORKERS = 8  # each worker holds torch and a fitted model (about 0.5 GB)
+
+
+def usable_cores() -> int:
+    """The CPU cores this process may run on (its affinity mask), at most MAX_AUTO_WORKERS."""
+    try:
+        n = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        n = os.cpu_count() or 1
+    return max(1, min(n, MAX_AUTO_WORKERS))
+
+
 def execute(jobs: Sequence[Any], on_result: Callable[[list[RunRecord]], None], *, workers: int = 1,
             dask_address: str | None = None, progress: bool = True) -> None:
     """Run `jobs`, calling `on_result(records)` in this process for each finished job."""
