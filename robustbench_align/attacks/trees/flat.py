@@ -1,7 +1,9 @@
 """A flat evaluator of a tree ensemble: raw outputs of many candidate points in one vectorised pass.
 
 The local search scores hundreds of one-coordinate moves per step; descending every tree for
-every candidate with numpy, instead of tree by tree, keeps that cheap.
+every candidate with numpy, instead of tree by tree, keeps that cheap. `raw_moves` scores such
+moves without descending the trees that do not split on the moved feature (their leaves are the
+base point's), and gives bit-identical outputs to `raw` of the moved rows.
 """
 from __future__ import annotations
 
@@ -55,6 +57,14 @@ class FlatEnsemble:
         self.dtype = ens.dtype
         self.bias = np.asarray(ens.bias, dtype=np.float64).reshape(-1)
         self.n_outputs = ens.n_outputs
+        # per feature, the trees that split on it (CSR: trees_of[ptr[f]:ptr[f + 1]])
+        tree_of_node = np.repeat(np.arange(len(sizes), dtype=np.int64), sizes)
+        internal = self.left != np.arange(self.left.size)
+        pairs = np.unique(np.stack([self.feature[internal], tree_of_node[internal]], axis=1), axis=0).reshape(-1, 2)
+        n_feat = int(pairs[:, 0].max()) + 1 if pairs.size else 0
+        self.n_features_split = n_feat
+        self.trees_of = pairs[:, 1].astype(np.int64)
+        self.trees_ptr = np.concatenate([[0], np.cumsum(np.bincount(pairs[:, 0], minlength=n_feat))]).astype(np.int64)
 
     def raw(self, X: np.ndarray) -> np.ndarray:
         """Raw outputs (n, n_outputs) of the rows of X, compared in the ensemble's dtype like the libraries."""
@@ -67,6 +77,54 @@ class FlatEnsemble:
             node = np.where(go_left, self.left[node], self.right[node])
         out: np.ndarray = self.value[node].sum(axis=1) + self.bias
         return out
+
+    def leaves(self, x: np.ndarray) -> np.ndarray:
+        """The leaf (flat node index) of one point in every tree, shape (n_trees,)."""
+        x32 = np.asarray(x, dtype=self.dtype)
+        node = self.roots.copy()
+        for _ in range(self.depth):
+            xv = x32[self.feature[node]]
+            go_left = (xv < self.threshold[node]) if self.strict else (xv <= self.threshold[node])
+            node = np.where(go_left, self.left[node], self.right[node])
+        return node
+
+    def raw_moves(self, base: np.ndarray, cols: np.ndarray, vals: np.ndarray, base_leaves: np.ndarray | None = None) -> np.ndarray:
+        """`raw` of the rows "base with coordinate cols[r] set to vals[r]", bit for bit (see `raw_moves_leaves`)."""
+        return self.raw_moves_leaves(base, cols, vals, base_leaves)[0]
+
+    def raw_moves_leaves(self, base: np.ndarray, cols: np.ndarray, vals: np.ndarray,
+                         base_leaves: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Raw outputs and leaves (rows, trees) of the rows "base with coordinate cols[r] set to vals[r]".
+
+        Only the trees that split on the moved feature are descended; the others keep the base
+        point's leaves (`base_leaves`, from `leaves(base)` when not given). The leaf values are then
+        summed exactly as `raw` sums them (same (rows, trees) array, same order), so the outputs
+        are identical, not just close.
+        """
+        b32 = np.asarray(base, dtype=self.dtype)
+        cols = np.asarray(cols, dtype=np.int64)
+        v32 = np.asarray(vals, dtype=self.dtype)
+        n = cols.size
+        lv = self.leaves(base) if base_leaves is None else base_leaves
+        node_all = np.broadcast_to(lv, (n, self.roots.size)).copy()
+        if n and self.trees_of.size:
+            f_ok = np.minimum(cols, max(self.n_features_split - 1, 0))
+            counts = np.where(cols < self.n_features_split, self.trees_ptr[f_ok + 1] - self.trees_ptr[f_ok], 0)
+            total = int(counts.sum())
+            if total:
+                row = np.repeat(np.arange(n, dtype=np.int64), counts)
+                first = np.cumsum(counts) - counts
+                tree = self.trees_of[np.repeat(self.trees_ptr[f_ok], counts) + (np.arange(total, dtype=np.int64) - np.repeat(first, counts))]
+                col, val = cols[row], v32[row]
+                node = self.roots[tree]
+                for _ in range(self.depth):
+                    f = self.feature[node]
+                    xv = np.where(f == col, val, b32[f])
+                    go_left = (xv < self.threshold[node]) if self.strict else (xv <= self.threshold[node])
+                    node = np.where(go_left, self.left[node], self.right[node])
+                node_all[row, tree] = node
+        out: np.ndarray = self.value[node_all].sum(axis=1) + self.bias
+        return out, node_all
 
 
 __all__ = ["FlatEnsemble"]

@@ -74,7 +74,29 @@ class Grid:
         self.n_pred = int(self.offset[-1])
         # split values for engines that only know "x < s": s = thr (strict) or the next value (<=)
         self.split = [t if strict else np.nextafter(t, inf) for t in self.thr]
+        self.split_flat = np.concatenate(self.split) if self.split else np.zeros(0, dtype=dtype)
         self._index = {f: i for i, f in enumerate(self.features)}
+        # flat per-interval tables for `intervals` (interval j of feature i sits at int_off[i] + j)
+        n_f = len(self.features)
+        self._feat_arr = np.asarray(self.features, dtype=np.int64)
+        self.int_off = (self.offset + np.arange(n_f + 1)).astype(np.int64)
+        self._thr_feat = np.repeat(np.arange(n_f, dtype=np.int64), sizes)
+        self._thr_flat = np.concatenate(self.thr) if n_f else np.zeros(0, dtype=dtype)
+        self._int_feat = np.repeat(np.arange(n_f, dtype=np.int64), [m + 1 for m in sizes])
+        self._int_j = np.concatenate([np.arange(m + 1, dtype=np.int64) for m in sizes]) if n_f else np.zeros(0, dtype=np.int64)
+        up = np.full(self._int_j.size, np.nan)  # closest point of interval j coming from below: right of thr j-1
+        down = np.full(self._int_j.size, np.nan)  # ... coming from above: left of thr j
+        for i, t in enumerate(self.thr):
+            a = int(self.int_off[i])
+            m = len(t)
+            if strict:  # right of "x < t" starts at t; left of it ends just below t
+                up[a + 1:a + m + 1] = t
+                down[a:a + m] = np.nextafter(t, -inf)
+            else:  # right of "x <= t" starts just above t; left of it ends at t
+                up[a + 1:a + m + 1] = np.nextafter(t, inf)
+                down[a:a + m] = t
+        self._up, self._down = up, down
+        self._thr_nan = bool(np.isnan(self._thr_flat).any())
 
     @classmethod
     def of_trees(cls, trees: Sequence[Tree], strict: bool, dtype: type[np.floating[Any]] = np.float32) -> Grid:
@@ -93,7 +115,30 @@ class Grid:
         return int(self.offset[i]) + r
 
     def intervals(self, x: np.ndarray) -> tuple[list[int], list[np.ndarray], list[np.ndarray]]:
-        """Per grid feature: the interval of x, the closest point of every interval, its distance."""
+        """Per grid feature: the interval of x, the closest point of every interval, its distance.
+
+        One vectorised pass over the flat interval tables; the same values as `intervals_loop`
+        (which handles NaN inputs, where searchsorted and comparisons disagree).
+        """
+        if not self.features:
+            return [], [], []
+        xs = np.asarray(x, dtype=np.float64)[self._feat_arr]
+        if self._thr_nan or np.isnan(xs).any():
+            return self.intervals_loop(x)
+        x32 = xs.astype(self.dtype)
+        xt = x32[self._thr_feat]
+        below = (self._thr_flat <= xt) if self.strict else (self._thr_flat < xt)
+        j0 = np.bincount(self._thr_feat, weights=below, minlength=len(self.features)).astype(np.int64)
+        jg = j0[self._int_feat]
+        xg = xs[self._int_feat]
+        c = np.where(self._int_j > jg, self._up, np.where(self._int_j < jg, self._down, xg))
+        d = np.abs(c - xg)
+        d[~np.isfinite(c)] = np.inf
+        cut = self.int_off[1:-1]
+        return [int(v) for v in j0], np.split(c, cut), np.split(d, cut)
+
+    def intervals_loop(self, x: np.ndarray) -> tuple[list[int], list[np.ndarray], list[np.ndarray]]:
+        """`intervals`, feature by feature (the reference implementation)."""
         j0s: list[int] = []
         pts: list[np.ndarray] = []
         dists: list[np.ndarray] = []

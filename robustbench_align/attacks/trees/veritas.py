@@ -21,7 +21,7 @@ from ...models.base import Model, TreeEnsemble
 from ..base import LINF, Candidates, MinimalAttack, Norm
 from .grid import Grid, next32, point_distance, prev32
 from .local_search import LocalSearch
-from .margins import Target
+from .margins import Target, margin_of_raw
 from .milp import DEFAULT_NODES, MilpSolver
 from .points import DEFAULT_SAFETY_SECONDS, PointOutcome, check_budget, ensemble_of, run_points
 
@@ -62,6 +62,119 @@ class _VeritasTarget:
         self.c0 = c0
 
 
+class _Labels:
+    """The model's own predict of single points, memoised on their exact float64 bytes (one point's search).
+
+    The bisection decodes the same leaf combinations (and the local search the same moves) at
+    several radii; predict is a pure function of the input, so each distinct point is asked once.
+    """
+
+    def __init__(self, model: Model) -> None:
+        self.model = model
+        self._seen: dict[bytes, int] = {}
+        self.calls = 0  # model predicts made (for tests)
+
+    def many(self, points: list[np.ndarray]) -> None:
+        """Predict the points not seen yet in one batch (the library's per-call overhead paid once)."""
+        rows = {}
+        for xa in points:
+            row = np.ascontiguousarray(xa, dtype=np.float64)
+            key = row.tobytes()
+            if key not in self._seen:
+                rows[key] = row
+        if len(rows) > 1:
+            pred = self.model.predict(np.stack(list(rows.values())))
+            self.calls += 1
+            for key, p in zip(rows, pred, strict=True):
+                self._seen[key] = int(p)
+
+    def __call__(self, xa: np.ndarray) -> int:
+        row = np.ascontiguousarray(xa, dtype=np.float64)
+        key = row.tobytes()
+        hit = self._seen.get(key)
+        if hit is None:
+            hit = self._seen[key] = int(self.model.predict(row[None])[0])
+            self.calls += 1
+        return hit
+
+
+class _LinfSearch(LocalSearch):
+    """`LocalSearch` with the same ascent, its move scores shared between the radii of one point.
+
+    The bisection asks `within` at every radius, so the ascent is the hot loop of the attack. Its
+    path is a function of the allowed moves only: at each step it takes the first best-scoring
+    allowed move from the current point. The scores of every finite move from a point reached by a
+    given sequence of moves are computed once per point (with `FlatEnsemble.raw_moves`, bit-identical
+    to `raw`, descending only the trees that split on the moved feature) and looked up by every
+    later radius; the argmax over a subset is then taken exactly as `LocalSearch.ascent` takes it,
+    so every choice, comparison and return value is the original's (tests/test_trees_speed.py
+    checks it against `LocalSearch`).
+    """
+
+    def __init__(self, flat: Any, grid: Grid, model: Model, x: np.ndarray, y: int, deadline: float = np.inf) -> None:
+        super().__init__(flat, grid, model, x, y, deadline)
+        self._x_margin = float(self.margin(np.array(self.x, dtype=np.float64, copy=True)[None])[0])
+        # move sequence -> per candidate the margin of that move from the point the sequence reaches (NaN: not a move)
+        self._scores: dict[tuple[int, ...], np.ndarray] = {}
+        self._leaves: dict[tuple[int, ...], np.ndarray] = {}  # ... and the leaves of that point
+        self._root: tuple[np.ndarray, np.ndarray | None] = (np.array(self.x, dtype=np.float64, copy=True), flat.leaves(self.x))
+        self.evaluations = 0  # raw_moves batches (for tests)
+        self.label = _Labels(model)
+
+    def verified(self, choice: np.ndarray | None) -> np.ndarray | None:
+        """The point of `choice` if the model's own predict says it flips, else None (predicts memoised)."""
+        if choice is None:
+            return None
+        p = self.point(choice)
+        return p if self.label(p) != self.y else None
+
+    def _scored(self, path: tuple[int, ...], cur: np.ndarray, cur_leaves: np.ndarray | None, idx: np.ndarray) -> np.ndarray:
+        """The margins of the moves `idx` from the point `path` reaches (each computed on first use)."""
+        dense = self._scores.get(path)
+        if dense is None:
+            dense = self._scores[path] = np.full(self.cand_val.size, np.nan)
+        todo = idx[np.isnan(dense[idx])]
+        if todo.size:
+            if cur_leaves is None:
+                cur_leaves = self._leaves.get(path)
+                if cur_leaves is None:
+                    cur_leaves = self._leaves[path] = self.flat.leaves(cur)
+            dense[todo] = margin_of_raw(self.flat.raw_moves(cur, self.cols[todo], self.cand_val[todo], cur_leaves), self.y)
+            self.evaluations += 1
+        out: np.ndarray = dense[idx]
+        return out
+
+    def ascent(self, allowed: np.ndarray, max_iter: int | None = None) -> np.ndarray | None:
+        """Best-improvement moves (largest margin) among `allowed` intervals until the decision flips."""
+        if self.cand_val.size == 0:
+            return None
+        choice = np.array(self.j0, dtype=np.int64)
+        cur, cur_leaves = self._root[0], self._root[1]
+        cur_m = self._x_margin
+        path: tuple[int, ...] = ()
+        allowed = allowed & self.finite
+        for _ in range(max_iter or 2 * len(choice) + 2):
+            if time.perf_counter() > self.deadline:
+                return None
+            idx = np.flatnonzero(allowed & (self.int_of != choice[self.feat_of]))
+            if idx.size == 0:
+                return None
+            m = self._scored(path, cur, cur_leaves, idx)
+            k = int(np.argmax(m))
+            if m[k] <= cur_m:
+                return None
+            g = int(idx[k])
+            choice[self.feat_of[g]] = self.int_of[g]
+            cur = cur.copy()
+            cur[self.cols[g]] = self.cand_val[g]
+            cur_leaves = None  # looked up (or descended once) when a move from the new point needs scoring
+            path = (*path, g)
+            cur_m = float(m[k])
+            if cur_m >= 0:
+                return choice
+        return None
+
+
 class VeritasLinf(MinimalAttack):
     """Exact minimal linf perturbation by a search over candidate radii with Veritas' output bounds.
 
@@ -74,6 +187,13 @@ class VeritasLinf(MinimalAttack):
     own predict: a flip lowers the radius, a non-flip is resolved (every input with the same leaves
     gets the same library output) and the enumeration goes on. A cheap local search answers the easy
     "yes" questions first.
+
+    Speed without changing a result: the local search scores its moves once per point and radius
+    path (`_LinfSearch`), the model's predict is memoised per point and the band combinations of a
+    query are predicted in batches and replayed in the one-by-one order (`_search`), and the box of
+    a radius is built from flat arrays (`_box_fast`); the Veritas models, the grid and the flat
+    evaluator are built once per run. Every answer, count and flag is the straightforward loop's
+    (tests/test_trees_speed.py).
 
     Work budgets (deterministic): `query_steps` Veritas expansions and `max_cuts` resolved band
     combinations per query; a point whose query is not settled within them goes to the MILP with the
@@ -144,7 +264,7 @@ class VeritasLinf(MinimalAttack):
         return run_points(self.name, model, ens, X, y, lambda x, yi: self._solve_point(ens, model, milp_solver, vt_of, x, yi))
 
     def _query(self, vt: _VeritasTarget, box: dict[int, Any], x: np.ndarray, y: int, model: Model,
-               out: PointOutcome) -> tuple[str, np.ndarray | None]:
+               out: PointOutcome, label: Callable[[np.ndarray], int] | None = None) -> tuple[str, np.ndarray | None]:
         """Is an input the model moves off class y reachable in `box` through this target?
 
         ("adv", point): a verified adversarial; ("none", None): certified: no leaf combination in the
@@ -152,19 +272,21 @@ class VeritasLinf(MinimalAttack):
         settled within the work budgets.
         """
         guard = vt.target.guard(0)
+        lab = label if label is not None else _Labels(model)
         if vt.empty:  # the margin is a constant
             if vt.c0 < guard:
                 return "none", None
-            if int(model.predict(x[None])[0]) != y:
+            if lab(x) != y:
                 return "adv", x.copy()
             return "none", None  # the constant combination (this point's) does not flip
-        return self._search(vt, box, x, y, model, guard, out)
+        return self._search(vt, box, x, y, model, guard, out, lab)
 
     def _search(self, vt: _VeritasTarget, box: dict[int, Any], x: np.ndarray, y: int, model: Model, guard: float,
-                out: PointOutcome) -> tuple[str, np.ndarray | None]:
+                out: PointOutcome, label: Callable[[np.ndarray], int] | None = None) -> tuple[str, np.ndarray | None]:
         """Enumerate the box's leaf combinations with margin >= guard, best first (answers as in `_query`)."""
         import veritas
 
+        lab = label if label is not None else _Labels(model)
         cfg = veritas.Config(veritas.HeuristicType.MAX_OUTPUT)
         cfg.stop_when_optimal = False
         cfg.ignore_state_when_worse_than = guard
@@ -174,26 +296,48 @@ class VeritasLinf(MinimalAttack):
         s = cfg.get_search(vt.at, [box.get(f, veritas.Interval()) for f in range(vt.n_feat)])
         seen = resolved = 0
         chunk = min(1000, self.query_steps)
+        want = 1  # band combinations to collect before one batched predict (doubles while none flips)
         while True:
-            reason = s.steps(chunk)
-            for i in range(seen, s.num_solutions()):
-                q = s.get_solution(i)
-                if q.output < guard:
-                    continue
-                xa = self._closest(x, q.box())
-                if int(model.predict(xa[None])[0]) != y:
-                    return "adv", xa
-                resolved += 1
-                out.retries += 1
-                if resolved > self.max_cuts:
+            # Run the search ahead (the same steps() calls the one-by-one check makes), recording per
+            # call its new combinations and whether the one-by-one loop would stop after it; then
+            # predict them in one batch and replay the record in order: the answer, the counts and
+            # the flags are the one-by-one loop's. The search never runs past a stopping call.
+            events: list[tuple[list[np.ndarray], str | None]] = []
+            n_new = 0
+            while True:
+                reason = s.steps(chunk)
+                found = []
+                for i in range(seen, s.num_solutions()):
+                    q = s.get_solution(i)
+                    if q.output >= guard:
+                        found.append(self._closest(x, q.box()))
+                seen = s.num_solutions()
+                end: str | None = None
+                if reason == veritas.StopReason.NO_MORE_OPEN or s.num_open() == 0 or s.current_bounds().top_of_open < guard:
+                    end = "none"
+                elif reason == veritas.StopReason.OUT_OF_MEMORY or int(s.stats.num_steps) >= self.query_steps:
+                    end = "unknown"
+                events.append((found, end))
+                n_new += len(found)
+                if end is not None or n_new >= want:
+                    break
+            if isinstance(lab, _Labels):
+                lab.many([xa for found, _ in events for xa in found])
+            for found, end in events:
+                for xa in found:
+                    if lab(xa) != y:
+                        return "adv", xa
+                    resolved += 1
+                    out.retries += 1
+                    if resolved > self.max_cuts:
+                        out.limited = True
+                        return "unknown", None
+                if end == "none":
+                    return "none", None
+                if end == "unknown":
                     out.limited = True
                     return "unknown", None
-            seen = s.num_solutions()
-            if reason == veritas.StopReason.NO_MORE_OPEN or s.num_open() == 0 or s.current_bounds().top_of_open < guard:
-                return "none", None
-            if reason == veritas.StopReason.OUT_OF_MEMORY or int(s.stats.num_steps) >= self.query_steps:
-                out.limited = True
-                return "unknown", None
+            want = max(1, min(2 * want, self.max_cuts + 1 - resolved))
 
     @staticmethod
     def _closest(x: np.ndarray, box: dict[int, Any]) -> np.ndarray:
@@ -228,14 +372,40 @@ class VeritasLinf(MinimalAttack):
                 box[f] = veritas.Interval.from_hi(hi)
         return box
 
+    @staticmethod
+    def _box_fast(grid: Grid, search: LocalSearch, delta: float) -> dict[int, Any]:
+        """`_box_at(grid, search.dists, delta)` without a Python pass over every interval (the same box)."""
+        import veritas
+
+        ok = np.flatnonzero(search.cand_d <= delta)
+        feats, first = np.unique(search.feat_of[ok], return_index=True)
+        if feats.size != len(grid.features):  # a feature without a reachable interval: let the reference raise
+            return VeritasLinf._box_at(grid, search.dists, delta)
+        last = np.append(first[1:], ok.size) - 1
+        lo_i = search.int_of[ok[first]]
+        hi_i = search.int_of[ok[last]]
+        m = np.diff(grid.offset)
+        split_at = grid.offset[:-1]
+        box = {}
+        for i, f in enumerate(grid.features):
+            li, hi_ = int(lo_i[i]), int(hi_i[i])
+            lo = float(grid.split_flat[split_at[i] + li - 1]) if li > 0 else -np.inf
+            hi = float(grid.split_flat[split_at[i] + hi_]) if hi_ < m[i] else np.inf
+            if np.isfinite(lo) and np.isfinite(hi):
+                box[f] = veritas.Interval(lo, hi)
+            elif np.isfinite(lo):
+                box[f] = veritas.Interval.from_lo(lo)
+            elif np.isfinite(hi):
+                box[f] = veritas.Interval.from_hi(hi)
+        return box
+
     def _solve_point(self, ens: TreeEnsemble, model: Model, milp_solver: MilpSolver,
                      vt_of: Callable[[Target], _VeritasTarget], x: np.ndarray, y: int) -> PointOutcome:
         """Bisection over the candidate radii of x; the MILP takes over when a query stays undecided."""
         deadline = time.perf_counter() + self.time_limit
         out = PointOutcome()
         grid = milp_solver.grid
-        search = LocalSearch(milp_solver.flat, grid, model, x, y, deadline)
-        dists = search.dists
+        search = _LinfSearch(milp_solver.flat, grid, model, x, y, deadline)
         C = search.radii
         targets = milp_solver.targets(y)
         if len(targets) > 1:
@@ -247,13 +417,13 @@ class VeritasLinf(MinimalAttack):
             quick = search.within(delta)
             if quick is not None:
                 return "adv", quick
-            box = self._box_at(grid, dists, delta)
+            box = self._box_fast(grid, search, delta)
             status = "none"
             for t in targets:
                 if time.perf_counter() > deadline:
                     out.time_hit = True
                     return "unknown", None
-                r, xa = self._query(vt_of(t), box, x, y, model, out)
+                r, xa = self._query(vt_of(t), box, x, y, model, out, search.label)
                 out.solves += 1
                 if r == "adv":
                     return "adv", xa
