@@ -32,107 +32,101 @@ DEFAULT_NODES = 100  # branch-and-bound nodes per MILP solve
 DEFAULT_CUTS = 2  # band leaf combinations resolved (each one more MILP solve) per target
 
 
-def _leaves_under(t: Tree, leaf_col: dict[int, int]) -> dict[int, list[int]]:
-    """Per node of t, the columns of the leaves below it (left subtree first)."""
-    under: dict[int, list[int]] = {}
-
-    def collect(n: int) -> list[int]:
-        if t.left[n] < 0:
-            under[n] = [leaf_col[n]]
-        else:
-            under[n] = collect(int(t.left[n])) + collect(int(t.right[n]))
-        return under[n]
-
-    collect(0)
-    return under
-
-
 class MilpStructure:
-    """The point-independent part of the MILP for one target: predicates, leaves, tree constraints.
+    """The point-independent part of the MILP for one target: trees, leaves, paths, node constraints.
 
-    Variables: p (binary, one per distinct (feature, threshold) of the trees that matter
-    for this target; p = 1 means "goes left"), l (continuous leaf indicators), b (linf bound).
+    Per point (`solve`) the program is restricted to what is reachable within the incumbent
+    distance u (see `solve`); its variables are p (binary, one per kept (feature, threshold) of the
+    trees that matter for this target; p = 1 means "goes left"), l (continuous leaf indicators) and
+    b (the linf bound, or the constant 1 carrying the l1/l2 objective's constant).
     """
 
     def __init__(self, ens: TreeEnsemble, target: Target) -> None:
         self.target = target
         c0 = target.c0
         active: list[tuple[Tree, np.ndarray]] = []
-        for t, w in zip(ens.trees, target.w, strict=True):
+        self.active_index: list[int] = []
+        for i, (t, w) in enumerate(zip(ens.trees, target.w, strict=True)):
             lv = w[t.is_leaf]
             if t.left[0] < 0 or np.all(lv == lv[0]):
                 c0 += float(lv[0])
             else:
                 active.append((t, w))
+                self.active_index.append(i)
         self.c0 = c0
-        self.grid = Grid.of_trees([t for t, _ in active], ens.strict, ens.dtype)
-        n_p = self.grid.n_pred
-        rows: list[int] = []
-        cols: list[int] = []
-        vals: list[float] = []
-        lo: list[float] = []
-        hi: list[float] = []
-        r = 0
-        # thermometer code: p_r <= p_{r+1} on one feature
-        for i in range(len(self.grid.features)):
-            a, b_ = int(self.grid.offset[i]), int(self.grid.offset[i + 1])
-            for q in range(a, b_ - 1):
-                rows += [r, r]
-                cols += [q, q + 1]
-                vals += [1.0, -1.0]
-                lo.append(-np.inf)
-                hi.append(0.0)
-                r += 1
-        leaf_cols: list[int] = []
+        self.grid = grid = Grid.of_trees([t for t, _ in active], ens.strict, ens.dtype)
+        self.n_p = grid.n_pred
+        n_f = len(grid.features)
+        # fine interval i of grid feature g is number ioff[g] + i of the concatenated interval list
+        self.ioff = (grid.offset[:-1] + np.arange(n_f)).astype(np.int64)
+        self.pred_feat = np.repeat(np.arange(n_f), np.diff(grid.offset)).astype(np.int64)
+        self.pred_r = (np.arange(self.n_p) - grid.offset[self.pred_feat]).astype(np.int64)
+        gidx = {f: g for g, f in enumerate(grid.features)}
+        leaf_tree: list[int] = []
         leaf_w: list[float] = []
-        col = n_p
-        self.active_index = [i for i, (t, w) in enumerate(zip(ens.trees, target.w, strict=True))
-                             if not (t.left[0] < 0 or np.all(w[t.is_leaf] == w[t.is_leaf][0]))]
-        self.leaf_col_of: list[np.ndarray] = []  # per active tree: node -> column (-1 at internal nodes)
-        for t, w in active:
-            leaf_col: dict[int, int] = {}
+        pair_leaf: list[int] = []  # a leaf's path restricts grid feature pair_feat to fine intervals [pair_lo, pair_hi]
+        pair_feat: list[int] = []
+        pair_lo: list[int] = []
+        pair_hi: list[int] = []
+        row_q: list[int] = []  # node rows: predicate, side (0: leaves under the left child), entries
+        row_side: list[int] = []
+        ent_row: list[int] = []
+        ent_leaf: list[int] = []
+        self.leaf_col_of: list[np.ndarray] = []  # per active tree: node -> leaf number (-1 at internal nodes)
+        for j, (t, w) in enumerate(active):
             cols_of = np.full(t.n_nodes, -1, dtype=np.int64)
             for leaf in np.flatnonzero(t.is_leaf):
-                leaf_col[int(leaf)] = col
-                cols_of[leaf] = col
-                leaf_cols.append(col)
+                cols_of[leaf] = len(leaf_tree)
+                leaf_tree.append(j)
                 leaf_w.append(float(w[leaf]))
-                col += 1
             self.leaf_col_of.append(cols_of)
-            under = _leaves_under(t, leaf_col)
-            for node in np.flatnonzero(~t.is_leaf):
-                n = int(node)
+            under: dict[int, list[int]] = {}
+            stack: list[tuple[int, dict[int, tuple[int, int]]]] = [(0, {})]
+            order: list[int] = []
+            while stack:
+                n, box = stack.pop()
+                order.append(n)
+                if t.left[n] < 0:
+                    for g, (lo_, hi_) in box.items():
+                        pair_leaf.append(int(cols_of[n]))
+                        pair_feat.append(g)
+                        pair_lo.append(lo_)
+                        pair_hi.append(hi_)
+                    continue
+                g = gidx[int(t.feature[n])]
+                r = self.grid.pred_index(int(t.feature[n]), t.threshold[n]) - int(grid.offset[g])
+                lo_, hi_ = box.get(g, (0, int(grid.offset[g + 1] - grid.offset[g])))
+                stack.append((int(t.right[n]), {**box, g: (max(lo_, r + 1), hi_)}))
+                stack.append((int(t.left[n]), {**box, g: (lo_, min(hi_, r))}))
+            for n in reversed(order):  # children before parents
+                if t.left[n] < 0:
+                    under[n] = [int(cols_of[n])]
+                    continue
                 q = self.grid.pred_index(int(t.feature[n]), t.threshold[n])
-                left, right = under[int(t.left[n])], under[int(t.right[n])]
-                root = n == 0
-                # sum(left leaves) - p (= 0 at the root, <= 0 elsewhere)
-                rows += [r] * (len(left) + 1)
-                cols += left + [q]
-                vals += [1.0] * len(left) + [-1.0]
-                lo.append(0.0 if root else -np.inf)
-                hi.append(0.0)
-                r += 1
-                # sum(right leaves) + p (= 1 at the root, <= 1 elsewhere)
-                rows += [r] * (len(right) + 1)
-                cols += right + [q]
-                vals += [1.0] * len(right) + [1.0]
-                lo.append(1.0 if root else -np.inf)
-                hi.append(1.0)
-                r += 1
-        self.n_p = n_p
-        self.n_l = col - n_p
-        self.n_var = col + 1  # + b
-        self.b_col = col
-        self.A = sp.csr_matrix((vals, (rows, cols)), shape=(r, self.n_var))
-        self.A_lo = np.asarray(lo, dtype=np.float64)
-        self.A_hi = np.asarray(hi, dtype=np.float64)
-        self.margin_row = sp.csr_matrix((leaf_w, ([0] * len(leaf_cols), leaf_cols)), shape=(1, self.n_var))
-        self.integrality = np.zeros(self.n_var, dtype=np.int8)
-        self.integrality[:n_p] = 1
+                for side, child in ((0, int(t.left[n])), (1, int(t.right[n]))):
+                    ent_leaf += under[child]
+                    ent_row += [len(row_q)] * len(under[child])
+                    row_q.append(q)
+                    row_side.append(side)
+                under[n] = under[int(t.left[n])] + under[int(t.right[n])]
         self.n_active = len(active)
+        self.n_l = len(leaf_tree)
+        self.leaf_tree = np.asarray(leaf_tree, dtype=np.int64)
+        self.leaf_w = np.asarray(leaf_w, dtype=np.float64)
+        self.pair_leaf = np.asarray(pair_leaf, dtype=np.int64)
+        self.pair_feat = np.asarray(pair_feat, dtype=np.int64)
+        self.pair_lo = np.asarray(pair_lo, dtype=np.int64)
+        self.pair_hi = np.asarray(pair_hi, dtype=np.int64)
+        self.row_q = np.asarray(row_q, dtype=np.int64)
+        self.row_side = np.asarray(row_side, dtype=np.int64)
+        self.ent_row = np.asarray(ent_row, dtype=np.int64)
+        self.ent_leaf = np.asarray(ent_leaf, dtype=np.int64)
+        # a leaf whose path contradicts itself (x_f < 1 then x_f > 2) is reached by no input
+        self.leaf_empty = np.zeros(self.n_l, dtype=bool)
+        self.leaf_empty[self.pair_leaf[self.pair_lo > self.pair_hi]] = True
 
     def leaf_columns(self, ens: TreeEnsemble, xa: np.ndarray) -> np.ndarray:
-        """The leaf-indicator columns of the leaves xa reaches in the active trees (for a no-good cut)."""
+        """The leaves (numbers, one per active tree) xa reaches: the combination a no-good cut excludes."""
         X32 = ens.cast(xa[None])
         return np.array([int(self.leaf_col_of[j][ens.trees[i].leaf_index(X32, ens.strict)[0]])
                          for j, i in enumerate(self.active_index)], dtype=np.int64)
@@ -141,83 +135,174 @@ class MilpStructure:
               time_limit: float, cuts: list[np.ndarray] | None = None) -> dict[str, Any]:
         """Minimise the distance (linf, l1 or squared l2) to a point whose margin reaches `guard`.
 
-        `upper` (a verified distance, or inf) prunes intervals that cost more on their own and caps
-        the objective; it is sound because the optimum is never above it. `cuts` are leaf
-        combinations (columns from `leaf_columns`) excluded by no-good cuts: combinations the model
-        was seen not to flip, which is sound because every input with the same leaves gets the same
-        library output. `node_limit` (branch-and-bound nodes) is the work budget; `time_limit`
-        (seconds) only a safety net. Returns status ("optimal", "limit", "infeasible", "error"),
-        whether the time limit was what stopped it, the decoded point (or None), its objective value
-        and the certified lower bound, both in distance units.
+        `upper` (a verified distance, or inf) restricts the program to what is reachable within it,
+        which is exact because the optimum is never above it: a leaf whose box (the intervals its
+        path allows) is farther than `upper` from x is left out (every point in it costs more); a
+        tree left with one reachable leaf, or (without cuts) with one reachable value, is a
+        constant; a node row whose predicate cannot be crossed within `upper` on its own is
+        implied by the others; and only the thresholds of the remaining node rows are variables
+        (their intervals merged, each represented by its point closest to x, which is the one
+        the decoding returns). Every point of the full program within `upper` has its leaves,
+        margin and distance in the restricted one, and every solution of the restricted one
+        decodes to a point of the full one with the same leaves in the kept trees and the same
+        distance. The objective is also capped at `upper`.
+
+        `cuts` are leaf combinations (from `leaf_columns`) excluded by no-good cuts: combinations
+        the model was seen not to flip, which is sound because every input with the same leaves
+        gets the same library output. `node_limit` (branch-and-bound nodes) is the work budget;
+        `time_limit` (seconds) only a safety net. Returns status ("optimal", "limit",
+        "infeasible", "error"), whether the time limit was what stopped it, the decoded point (or
+        None), its objective value and the certified lower bound, both in distance units.
         """
         grid = self.grid
+        infeasible: dict[str, Any] = {"status": "infeasible", "x": None, "obj": np.inf, "lb": np.inf, "time_hit": False}
         j0, pts, dists = grid.intervals(x)
-        n_p = self.n_p
         sq = norm.p == 2
         linf = norm.p == np.inf
+        n_f = len(grid.features)
         cost = [np.square(d) if sq else d for d in dists]
         ucost = (upper * upper if sq else upper) * (1 + 1e-9) + 1e-300 if np.isfinite(upper) else np.inf
-        pos = np.concatenate([c[c > 0] for c in cost]) if cost else np.zeros(0)
-        pos = pos[np.isfinite(pos)]
+        fcost = np.concatenate(cost) if cost else np.zeros(0)
+        fcost = np.where(np.isfinite(fcost), fcost, np.inf)
+        pos = fcost[np.isfinite(fcost) & (fcost > 0)]
         ref = ucost if np.isfinite(ucost) else (float(np.median(pos)) if pos.size else 1.0)  # objective ~ 1
         sigma = 1.0 / max(ref, 1e-300)
-        lb_p = np.zeros(n_p)
-        ub_p = np.ones(n_p)
-        c = np.zeros(self.n_var)
-        const = 0.0
-        extra_rows: list[int] = []
-        extra_cols: list[int] = []
-        extra_vals: list[float] = []
-        extra_lo: list[float] = []
-        row = 0
-        for i in range(len(grid.features)):
-            a = int(grid.offset[i])
-            d = cost[i]
-            m = len(d) - 1
-            for r in range(m):
-                q = a + r
-                if r >= j0[i]:  # going right of thr r costs at least d[r+1]
-                    if d[r + 1] > ucost or not np.isfinite(d[r + 1]):
-                        lb_p[q] = 1.0
-                    elif linf:
-                        extra_rows += [row, row]
-                        extra_cols += [self.b_col, q]
-                        extra_vals += [1.0, sigma * d[r + 1]]
-                        extra_lo.append(sigma * d[r + 1])
-                        row += 1
-                else:  # staying left of thr r costs at least d[r]
-                    if d[r] > ucost or not np.isfinite(d[r]):
-                        ub_p[q] = 0.0
-                    elif linf:
-                        extra_rows += [row, row]
-                        extra_cols += [self.b_col, q]
-                        extra_vals += [1.0, -sigma * d[r]]
-                        extra_lo.append(0.0)
-                        row += 1
-            if not linf:
-                dd = np.where(np.isfinite(d), d, 0.0)  # infinite intervals are fixed away above
-                const += dd[m]
-                c[a:a + m] = sigma * (dd[:m] - dd[1:])
-        if np.any(lb_p > ub_p):
-            return {"status": "infeasible", "x": None, "obj": np.inf, "lb": np.inf}
-        lb = np.zeros(self.n_var)
-        ub = np.ones(self.n_var)
-        lb[:n_p], ub[:n_p] = lb_p, ub_p
-        ub[self.b_col] = sigma * ucost if (linf and np.isfinite(ucost)) else np.inf
+        j0a = np.asarray(j0, dtype=np.int64)
+        ok_int = fcost <= ucost  # fine intervals reachable on their own
+        # the cheapest point of each leaf's box: per path feature the allowed interval closest to x
+        pc = fcost[self.ioff[self.pair_feat] + np.clip(j0a[self.pair_feat], self.pair_lo, self.pair_hi)] if self.pair_leaf.size else np.zeros(0)
+        leaf_cost = np.zeros(self.n_l)
         if linf:
-            c[self.b_col] = 1.0
+            np.maximum.at(leaf_cost, self.pair_leaf, pc)
+        else:
+            np.add.at(leaf_cost, self.pair_leaf, pc)
+        reach = (leaf_cost <= ucost) & ~self.leaf_empty
+        n_t = self.n_active
+        n_reach = np.bincount(self.leaf_tree, weights=reach, minlength=n_t)
+        wmax = np.full(n_t, -np.inf)
+        wmin = np.full(n_t, np.inf)
+        np.maximum.at(wmax, self.leaf_tree[reach], self.leaf_w[reach])
+        np.minimum.at(wmin, self.leaf_tree[reach], self.leaf_w[reach])
+        if np.any(n_reach == 0):
+            return infeasible  # not even x's own leaf: nothing is within upper
+        const_tree = (n_reach == 1) | ((wmax == wmin) & (not cuts))
+        c0 = self.c0 + float(np.sum(wmax[const_tree]))
+        kept_tree = ~const_tree
+        if c0 + float(np.sum(wmax[kept_tree])) < guard - 1e-7 * max(self.target.scale, 1.0):
+            return infeasible  # no reachable leaf combination reaches the guard
+        keep_leaf = reach & kept_tree[self.leaf_tree]
+        # node rows with a kept leaf under them whose predicate can be crossed both ways within upper
+        q = self.row_q
+        rq_ok = ok_int[self.ioff[self.pred_feat[q]] + self.pred_r[q]] & ok_int[self.ioff[self.pred_feat[q]] + self.pred_r[q] + 1]
+        ent_ok = keep_leaf[self.ent_leaf]
+        rows_alive = np.zeros(q.size, dtype=bool)
+        rows_alive[self.ent_row[ent_ok]] = True
+        rows_alive &= rq_ok
+        kept_q = np.unique(q[rows_alive])
+        n_pk = kept_q.size
+        leaf_var = np.full(self.n_l, -1, dtype=np.int64)
+        leaf_var[keep_leaf] = n_pk + np.arange(int(np.count_nonzero(keep_leaf)))
+        n_lk = int(np.count_nonzero(keep_leaf))
+        b_col = n_pk + n_lk
+        n_var = b_col + 1
+        pvar = np.full(self.n_p, -1, dtype=np.int64)
+        pvar[kept_q] = np.arange(n_pk)
+        # per grid feature: the merged intervals between its kept thresholds, each at its point closest to x
+        c = np.zeros(n_var)
+        const = 0.0
+        rows: list[np.ndarray] = []
+        cols: list[np.ndarray] = []
+        vals: list[np.ndarray] = []
+        lo: list[np.ndarray] = []
+        hi: list[np.ndarray] = []
+        r_next = 0
+        feat_of_k = self.pred_feat[kept_q]
+        choice_of: list[np.ndarray] = []  # per grid feature: fine interval of each merged interval
+        starts = np.searchsorted(feat_of_k, np.arange(n_f + 1))
+        for g in range(n_f):
+            a, e = int(starts[g]), int(starts[g + 1])
+            rs = self.pred_r[kept_q[a:e]]
+            m = int(grid.offset[g + 1] - grid.offset[g])
+            lo_k = np.concatenate([[0], rs + 1])
+            hi_k = np.concatenate([rs, [m]])
+            ch = np.clip(j0a[g], lo_k, hi_k)
+            choice_of.append(ch)
+            if e == a:
+                continue
+            D = sigma * fcost[self.ioff[g] + ch]
+            K = e - a
+            vk = np.arange(a, e)
+            if K > 1:  # thermometer code: p_k <= p_{k+1} on one feature
+                nr = K - 1
+                rr = r_next + np.arange(nr)
+                rows += [rr, rr]
+                cols += [vk[:-1], vk[1:]]
+                vals += [np.ones(nr), -np.ones(nr)]
+                lo.append(np.full(nr, -np.inf))
+                hi.append(np.zeros(nr))
+                r_next += nr
+            if linf:
+                J0 = int(np.searchsorted(hi_k, j0a[g]))  # the merged interval of x
+                kk = np.arange(K)
+                right = kk >= J0  # going right of threshold k costs D[k+1], staying left of it D[k]
+                rr = r_next + kk
+                coef = np.where(right, D[kk + 1], -D[kk])
+                rows += [rr, rr]
+                cols += [np.full(K, b_col), vk]
+                vals += [np.ones(K), coef]
+                lo.append(np.where(right, D[kk + 1], 0.0))
+                hi.append(np.full(K, np.inf))
+                r_next += K
+            else:
+                const += float(D[K])
+                c[vk] = D[:K] - D[1:]
+        # trees: exactly one kept leaf each
+        kl = np.flatnonzero(keep_leaf)
+        tree_row = np.cumsum(kept_tree) - 1
+        rows.append(r_next + tree_row[self.leaf_tree[kl]])
+        cols.append(leaf_var[kl])
+        vals.append(np.ones(kl.size))
+        n_kt = int(np.count_nonzero(kept_tree))
+        lo.append(np.ones(n_kt))
+        hi.append(np.ones(n_kt))
+        r_next += n_kt
+        # nodes: sum(left leaves) <= p and sum(right leaves) <= 1 - p
+        alive = np.flatnonzero(rows_alive)
+        new_row = np.full(q.size, -1, dtype=np.int64)
+        new_row[alive] = r_next + np.arange(alive.size)
+        ent = ent_ok & rows_alive[self.ent_row]
+        rows += [new_row[self.ent_row[ent]], new_row[alive]]
+        cols += [leaf_var[self.ent_leaf[ent]], pvar[q[alive]]]
+        side = self.row_side[alive]
+        vals += [np.ones(int(np.count_nonzero(ent))), np.where(side == 0, -1.0, 1.0)]
+        lo.append(np.full(alive.size, -np.inf))
+        hi.append(side.astype(np.float64))
+        r_next += alive.size
+        lb = np.zeros(n_var)
+        ub = np.ones(n_var)
+        if linf:
+            c[b_col] = 1.0
+            ub[b_col] = sigma * ucost if np.isfinite(ucost) else np.inf
         else:
             # b is fixed to 1 and carries the constant, so HiGHS sees (and gaps) the true distance
-            lb[self.b_col] = ub[self.b_col] = 1.0
-            c[self.b_col] = sigma * const
-        cons = [LinearConstraint(self.A, self.A_lo, self.A_hi), LinearConstraint(self.margin_row, guard - self.c0, np.inf)]
-        if row:
-            cons.append(LinearConstraint(sp.csr_matrix((extra_vals, (extra_rows, extra_cols)), shape=(row, self.n_var)), np.asarray(extra_lo), np.inf))
+            lb[b_col] = ub[b_col] = 1.0
+            c[b_col] = const
+        A = sp.csr_matrix((np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))), shape=(r_next, n_var))
+        cons = [LinearConstraint(A, np.concatenate(lo), np.concatenate(hi)),
+                LinearConstraint(sp.csr_matrix((self.leaf_w[kl], (np.zeros(kl.size, dtype=np.int64), leaf_var[kl])), shape=(1, n_var)),
+                                 guard - c0, np.inf)]
         if not linf and np.isfinite(ucost):
             cons.append(LinearConstraint(sp.csr_matrix(c[None, :]), -np.inf, sigma * ucost + 1e-9))
         for cut in cuts or []:  # sum of the combination's leaf indicators <= (number of trees) - 1
-            cons.append(LinearConstraint(sp.csr_matrix((np.ones(cut.size), (np.zeros(cut.size, dtype=np.int64), cut)),
-                                                       shape=(1, self.n_var)), -np.inf, cut.size - 1.0))
+            if not np.all(reach[cut]):
+                continue  # the combination is out of reach anyway
+            vs = leaf_var[cut[kept_tree[self.leaf_tree[cut]]]]  # the constant trees' leaves are always taken
+            if vs.size == 0:
+                return infeasible  # the one reachable combination is cut off
+            cons.append(LinearConstraint(sp.csr_matrix((np.ones(vs.size), (np.zeros(vs.size, dtype=np.int64), vs)),
+                                                       shape=(1, n_var)), -np.inf, vs.size - 1.0))
+        integrality = np.zeros(n_var, dtype=np.int8)
+        integrality[:n_pk] = 1
         # the HiGHS tolerances and mip_abs_gap are outside scipy's typed option keys; scipy passes them on verbatim.
         # Presolve stays off: on these programs it costs seconds at the root that no node budget bounds
         opts: dict[str, Any] = {"time_limit": max(float(time_limit), 1e-3), "node_limit": int(node_limit), "mip_rel_gap": rel_gap,
@@ -226,7 +311,7 @@ class MilpStructure:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)
             # Any: the stubs tie a solution x to status 0, but a time-out (status 1) can return one too
-            res: Any = milp(c, constraints=cons, integrality=self.integrality, bounds=Bounds(lb, ub), options=cast(Any, opts))
+            res: Any = milp(c, constraints=cons, integrality=integrality, bounds=Bounds(lb, ub), options=cast(Any, opts))
         time_hit = bool(res.status == 1 and time.perf_counter() - t0 >= 0.99 * time_limit)
 
         def to_dist(v: float) -> float:
@@ -234,18 +319,15 @@ class MilpStructure:
             return float(np.sqrt(max(v, 0.0))) if sq else float(max(v, 0.0))
 
         if res.status == 2:
-            return {"status": "infeasible", "x": None, "obj": np.inf, "lb": np.inf, "time_hit": False}
+            return infeasible
         dual = res.get("mip_dual_bound")
         # the objective is scaled to about 1; HiGHS' bound is good to its tolerances (~1e-9), no better
         lbd = to_dist(dual - 1e-9 * max(abs(dual), 1e-3)) if dual is not None and np.isfinite(dual) else 0.0
         if res.x is None:
             return {"status": "limit" if res.status == 1 else "error", "x": None, "obj": np.inf, "lb": lbd, "message": res.message,
                     "time_hit": time_hit}
-        p = res.x[:n_p] > 0.5
-        choice: list[int] = []
-        for i in range(len(grid.features)):
-            a, b_ = int(grid.offset[i]), int(grid.offset[i + 1])
-            choice.append(int(np.count_nonzero(~p[a:b_])))
+        p = res.x[:n_pk] > 0.5
+        choice = [int(choice_of[g][int(np.count_nonzero(~p[starts[g]:starts[g + 1]]))]) for g in range(n_f)]
         xa = grid.point(x, choice, pts)
         obj = to_dist(res.fun)
         status = "optimal" if res.status == 0 else "limit"
@@ -376,10 +458,11 @@ class KantchelianMILP(MinimalAttack):
     One binary predicate per distinct (feature, threshold in the ensemble's dtype), thermometer-coded, leaf
     indicators tied to them by the tree structure, and the decision flip as a linear margin
     constraint (one MILP per alternative class, trees that cannot change that margin left out).
-    The structure is built once per class pair; per point only the objective (distances of the
-    decoded points, squared for l2) and the bounds change. A local search first finds a verified
-    adversarial; its distance fixes every predicate whose crossing alone would cost more, which
-    is sound (the optimum is never above it) and shrinks the problem a lot.
+    The structure (leaves, their paths, node rows) is built once per class pair. A local search
+    first finds a verified adversarial; per point the program is then restricted to what is
+    reachable within its distance (see `MilpStructure.solve`): leaves whose box is farther, trees
+    left constant, node rows implied on their own and thresholds no remaining row uses drop out.
+    That is exact (the optimum is never above the incumbent) and shrinks the problem a lot.
 
     Work budgets, so that results do not depend on machine speed: `node_limit` branch-and-bound
     nodes per MILP solve and `max_cuts` band resolutions per target (see `MilpSolver`);
