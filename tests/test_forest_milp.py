@@ -13,35 +13,11 @@ import pytest
 from robustbench_align.attacks.base import Norm, distances
 from robustbench_align.attacks.trees import KantchelianMILP
 from robustbench_align.attacks.trees.milp import MilpSolver, MilpStructure
-from robustbench_align.models.base import Model, Tree, TreeEnsemble
+from robustbench_align.models.base import Tree, TreeEnsemble
+from test_trees_exact import EnsembleModel
 
 F32_INF = np.float32(np.inf)
 GRID = np.array([-0.6, -0.2, 0.1, 0.1 + 1e-9, 0.3, 0.7, 1 / 3], dtype=np.float64)
-
-
-class EnsembleModel(Model):
-    """A Model whose decision is the parsed ensemble's own rule."""
-
-    def __init__(self, ens: TreeEnsemble):
-        self.ens = ens
-        self.name = "hand-built"
-
-    @property
-    def n_features(self) -> int:
-        return self.ens.n_features
-
-    @property
-    def n_classes(self) -> int:
-        return self.ens.n_classes
-
-    def predict_proba(self, X):
-        return self.ens.predict_proba(self._check_X(X))
-
-    def predict(self, X):
-        return self.ens.predict(self._check_X(X))
-
-    def tree_ensemble(self) -> TreeEnsemble:
-        return self.ens
 
 
 def random_tree(rng, depth, n_features, n_outputs, votes):

@@ -175,6 +175,17 @@ class _LinfSearch(LocalSearch):
         return None
 
 
+def _interval(veritas: Any, lo: float, hi: float) -> Any:
+    """The Veritas interval [lo, hi) with infinite ends left open; None for the whole line."""
+    if np.isfinite(lo) and np.isfinite(hi):
+        return veritas.Interval(lo, hi)
+    if np.isfinite(lo):
+        return veritas.Interval.from_lo(lo)
+    if np.isfinite(hi):
+        return veritas.Interval.from_hi(hi)
+    return None
+
+
 class VeritasLinf(MinimalAttack):
     """Exact minimal linf perturbation by a search over candidate radii with Veritas' output bounds.
 
@@ -364,12 +375,9 @@ class VeritasLinf(MinimalAttack):
             s = grid.split[i]
             lo = float(s[lo_i - 1]) if lo_i > 0 else -np.inf
             hi = float(s[hi_i]) if hi_i < len(s) else np.inf
-            if np.isfinite(lo) and np.isfinite(hi):
-                box[f] = veritas.Interval(lo, hi)
-            elif np.isfinite(lo):
-                box[f] = veritas.Interval.from_lo(lo)
-            elif np.isfinite(hi):
-                box[f] = veritas.Interval.from_hi(hi)
+            iv = _interval(veritas, lo, hi)
+            if iv is not None:
+                box[f] = iv
         return box
 
     @staticmethod
@@ -391,12 +399,9 @@ class VeritasLinf(MinimalAttack):
             li, hi_ = int(lo_i[i]), int(hi_i[i])
             lo = float(grid.split_flat[split_at[i] + li - 1]) if li > 0 else -np.inf
             hi = float(grid.split_flat[split_at[i] + hi_]) if hi_ < m[i] else np.inf
-            if np.isfinite(lo) and np.isfinite(hi):
-                box[f] = veritas.Interval(lo, hi)
-            elif np.isfinite(lo):
-                box[f] = veritas.Interval.from_lo(lo)
-            elif np.isfinite(hi):
-                box[f] = veritas.Interval.from_hi(hi)
+            iv = _interval(veritas, lo, hi)
+            if iv is not None:
+                box[f] = iv
         return box
 
     def _solve_point(self, ens: TreeEnsemble, model: Model, milp_solver: MilpSolver,
