@@ -14,7 +14,7 @@ from robustbench_align.attacks.base import Norm, distances
 from robustbench_align.attacks.trees import KantchelianMILP
 from robustbench_align.attacks.trees.milp import MilpSolver, MilpStructure
 from robustbench_align.models.base import Tree, TreeEnsemble
-from test_trees_exact import EnsembleModel
+from test_trees_exact import EnsembleModel, brute_force
 
 F32_INF = np.float32(np.inf)
 GRID = np.array([-0.6, -0.2, 0.1, 0.1 + 1e-9, 0.3, 0.7, 1 / 3], dtype=np.float64)
@@ -61,50 +61,6 @@ def forest(seed, *, n_trees=4, depth=2, n_features=3, n_classes=2, duplicate=Fal
                         bias=bias, combine=combine, link=link, source="sklearn.RandomForestClassifier" if votes else "").validate()
 
 
-def leaf_boxes(tree, n_features):
-    out = []
-    stack = [(0, np.full(n_features, -np.inf, dtype=np.float32), np.full(n_features, np.inf, dtype=np.float32))]
-    while stack:
-        n, lo, hi = stack.pop()
-        if tree.left[n] < 0:
-            out.append((n, lo, hi))
-            continue
-        f, t = tree.feature[n], tree.threshold[n]
-        lhi = hi.copy()
-        lhi[f] = min(hi[f], t)
-        rlo = lo.copy()
-        rlo[f] = max(lo[f], t)
-        stack.append((int(tree.left[n]), lo, lhi))
-        stack.append((int(tree.right[n]), rlo, hi))
-    return out
-
-
-def brute_force(ens, model, x, y, norm):
-    """Minimal distance over every consistent leaf combination the model moves off y."""
-    best = np.inf
-    x32 = x.astype(np.float32)
-    for combo in itertools.product(*[leaf_boxes(t, ens.n_features) for t in ens.trees]):
-        lo = np.max([b[1] for b in combo], axis=0)
-        hi = np.min([b[2] for b in combo], axis=0)
-        if np.any(lo >= hi):
-            continue
-        p = x.copy()
-        for f in range(ens.n_features):
-            if ens.strict:
-                if x32[f] < lo[f]:
-                    p[f] = lo[f]
-                elif x32[f] >= hi[f]:
-                    p[f] = np.nextafter(hi[f], -F32_INF)
-            else:
-                if x32[f] <= lo[f]:
-                    p[f] = np.nextafter(lo[f], F32_INF)
-                elif x32[f] > hi[f]:
-                    p[f] = hi[f]
-        if model.predict(p[None])[0] != y:
-            best = min(best, float(distances(x[None], p[None], norm)[0]))
-    return best
-
-
 CASES = [
     # (n_trees, depth, n_classes, duplicate, votes, strict)
     (4, 2, 2, False, True, False),  # even forest: vote ties at margin 0
@@ -128,7 +84,7 @@ def test_restricted_milp_equals_brute_force(case, norm):
         y = model.predict(X)
         res = KantchelianMILP(max_cuts=64, mip_rel_gap=1e-9).run(model, X, y, norm)
         for i in range(len(y)):
-            bf = brute_force(ens, model, X[i], y[i], Norm.of(norm))
+            bf = brute_force(ens, X[i], y[i], Norm.of(norm), flipped=lambda p, m=model, c=y[i]: m.predict(p[None])[0] != c)
             if not np.isfinite(bf):
                 assert not res.success[i]
                 continue
