@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 import robustbench_align as rba
+from conftest import rounding_edge_down, rounding_edge_up
 from robustbench_align.errors import ModelError
 from robustbench_align.models.trees.catboost_parse import CatBoostUnsupported, import_catboost, parse_catboost_doc
 from robustbench_align.models.trees.checks import probe_points
@@ -140,10 +141,10 @@ def grid_cells(ens, x: np.ndarray) -> np.ndarray:
             hi = thr[i] if i < thr.size else F32_INF
             if lo < x32 <= hi:
                 cands.append(float(x[f]))
-            elif x32 <= lo:
-                cands.append(float(np.nextafter(lo, F32_INF)))
+            elif x32 <= lo:  # the closest float64 that CatBoost's float32 conversion puts in the cell
+                cands.append(rounding_edge_up(np.nextafter(lo, F32_INF)))
             else:
-                cands.append(float(hi))
+                cands.append(rounding_edge_down(hi))
         per_feature.append(cands)
     return np.array(list(itertools.product(*per_feature)))
 

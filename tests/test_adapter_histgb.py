@@ -18,6 +18,7 @@ from sklearn.tree import DecisionTreeClassifier
 from threadpoolctl import threadpool_limits
 
 import robustbench_align as rba
+from conftest import rounding_edge_down, rounding_edge_up
 from robustbench_align.models.base import TreeEnsemble
 
 log = logging.getLogger(__name__)
@@ -79,6 +80,8 @@ def _brute_force_linf(est: Any, ens: TreeEnsemble, x: np.ndarray, y: int) -> flo
     for f in range(x.size):
         ts = sorted(per.get(f, set()))
         c = {float(x[f])} | {float(dt(v)) for v in ts} | {float(np.nextafter(dt(v), dt(np.inf))) for v in ts}
+        if dt is np.float32:  # float64 inputs rounding onto the float32 grid points (the closest ones)
+            c |= {rounding_edge_down(dt(v)) for v in ts} | {rounding_edge_up(np.nextafter(dt(v), dt(np.inf))) for v in ts}
         cands.append(sorted(c))
     pts = np.array(list(itertools.product(*cands)), dtype=np.float64)
     flip = est.predict(pts) != est.classes_[y]

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 import robustbench_align as rba
+from conftest import rounding_edge_down, rounding_edge_up
 from robustbench_align.attacks.base import distances
 from robustbench_align.attacks.trees import KantchelianMILP, VeritasLinf
 from robustbench_align.models.base import Tree, TreeEnsemble
@@ -34,15 +35,17 @@ def integer_data(n: int, d: int, k: int, seed: int) -> tuple[np.ndarray, np.ndar
 
 
 def candidates(model: rba.Model, x: np.ndarray) -> list[np.ndarray]:
-    """Per feature: x_f and every split threshold with its float32/float64 neighbours (as float64)."""
+    """Per feature: x_f and every split threshold with its float32/float64 neighbours (as float64), and
+    the float64 rounding edges of the float32 ones (the closest float64 inputs that round onto them)."""
     ens = model.tree_ensemble()  # type: ignore[attr-defined]
     out = []
     for f in range(x.size):
         thr = np.concatenate([t.threshold[(t.left >= 0) & (t.feature == f)] for t in ens.trees]).astype(np.float64)
         vals = [np.array([x[f]])]
-        for dt in (np.float32, np.float64):
+        for dt in (np.float64, np.float32):
             t = thr.astype(dt)
             vals += [t, np.nextafter(t, dt(np.inf)), np.nextafter(t, dt(-np.inf))]
+        vals += [np.array([e(v) for v in np.concatenate(vals[-3:]) for e in (rounding_edge_up, rounding_edge_down)])]
         out.append(np.unique(np.concatenate([v.astype(np.float64) for v in vals])))
     return out
 

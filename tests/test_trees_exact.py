@@ -6,6 +6,7 @@ import itertools
 import numpy as np
 import pytest
 
+from conftest import rounding_edge_down, rounding_edge_up
 from robustbench_align.attacks.base import distances
 from robustbench_align.attacks.trees import KantchelianMILP, VeritasLinf
 from robustbench_align.errors import AttackError, ConfigError
@@ -119,16 +120,17 @@ def brute_force(ens, x, y, norm, flipped=None):
             continue
         p = x.copy()
         for f in range(ens.n_features):
+            # the closest float64 rounding into the float32 box (float32 comparisons of float32(x))
             if ens.strict:  # box [lo, hi)
                 if x32[f] < lo[f]:
-                    p[f] = lo[f]
+                    p[f] = rounding_edge_up(lo[f])
                 elif x32[f] >= hi[f]:
-                    p[f] = np.nextafter(hi[f], -F32_INF)
+                    p[f] = rounding_edge_down(np.nextafter(hi[f], -F32_INF))
             else:  # box (lo, hi]
                 if x32[f] <= lo[f]:
-                    p[f] = np.nextafter(lo[f], F32_INF)
+                    p[f] = rounding_edge_up(np.nextafter(lo[f], F32_INF))
                 elif x32[f] > hi[f]:
-                    p[f] = hi[f]
+                    p[f] = rounding_edge_down(hi[f])
         reached = ens.leaves(p[None])[0]
         assert list(reached) == [b[0] for b in combo]
         if flipped(p):
@@ -255,19 +257,25 @@ def stump(thr, strict):
 
 @pytest.mark.parametrize("strict", [True, False], ids=["lt", "le"])
 def test_float32_decoding_at_a_threshold(strict):
-    """Crossing a threshold one float32 step away: the exact distances of the `<` and `<=` rules."""
+    """Crossing a threshold one float32 step away: the exact float64 distances of the `<` and `<=` rules.
+
+    The closest float64 input on the other side is the rounding edge (halfway to the next float32,
+    ties to even), found here by bisection on float32(v).
+    """
     t = np.float32(0.3)
     down, up = np.nextafter(t, -F32_INF), np.nextafter(t, F32_INF)
     ens = stump(t, strict)
     model = EnsembleModel(ens)
     # x exactly on the threshold, x = 0.1 in float64 (float32(0.1) > 0.1), and x inside an interval
     X = np.array([[float(t), 0.0], [0.1, 0.0], [0.5, 0.0]])
-    ens01 = stump(np.float32(0.1), strict)
+    t01 = np.float32(0.1)
+    ens01 = stump(t01, strict)
     for e, x, expect in [
-        (ens, X[0], float(t) - float(down) if strict else float(up) - float(t)),  # x=t: right for "<", left for "<="
-        (ens01, X[1], 0.1 - float(np.nextafter(np.float32(0.1), -F32_INF)) if strict else float(np.nextafter(np.float32(0.1), F32_INF)) - 0.1),
-        (ens, X[2], 0.5 - (float(t) if not strict else float(down))),  # from the right: land on t ("<=") or just below ("<")
+        (ens, X[0], float(t) - rounding_edge_down(down) if strict else rounding_edge_up(up) - float(t)),  # x=t: right for "<", left for "<="
+        (ens01, X[1], 0.1 - rounding_edge_down(np.nextafter(t01, -F32_INF)) if strict else rounding_edge_up(np.nextafter(t01, F32_INF)) - 0.1),
+        (ens, X[2], 0.5 - (rounding_edge_down(t) if not strict else rounding_edge_down(down))),  # from the right
     ]:
+        assert expect > 0
         m = EnsembleModel(e)
         y = m.predict(x[None])
         attacks = [KantchelianMILP()] + ([VeritasLinf()] if VeritasLinf.available() else [])

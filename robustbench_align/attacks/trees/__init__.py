@@ -2,9 +2,9 @@
 
 Both attacks work on the library-independent `TreeEnsemble` a model exposes through its
 `tree_ensemble()` capability, so one implementation serves XGBoost, random forests and gradient
-boosting alike. "Minimal" is meant over the points the libraries can tell apart: float32(x)
-against float32 thresholds, or the float64 input against float64 thresholds for ensembles with
-`threshold_dtype="float64"` (LightGBM; see `grid`). The distance an attack reports is the float64 norm of a
+boosting alike. "Minimal" is meant over float64 inputs as the libraries see them: float32(x)
+(rounded to nearest) against float32 thresholds, or the float64 input against float64 thresholds
+for ensembles with `threshold_dtype="float64"` (LightGBM; see `grid`). The distance an attack reports is the float64 norm of a
 point the model's own `predict` flips; the certified lower bound is a bound over all such points
 under the ensemble's decision rule (`margins`).
 

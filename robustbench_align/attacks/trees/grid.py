@@ -3,10 +3,13 @@
 Tree libraries compare float32(x) against float32 thresholds, with `<` (XGBoost, `strict`) or
 `<=` (scikit-learn); LightGBM compares the float64 input against float64 thresholds with `<=`
 (the ensemble's `threshold_dtype`). Along one feature the distinct thresholds cut the line into
-intervals. A coordinate that has to move into another interval moves to the closest value of the
-comparison dtype inside it (the threshold itself or its neighbour in that dtype, depending on the
-side and the comparison); an unmoved coordinate keeps its exact value. The exact attacks search
-over such points only.
+intervals. A coordinate that has to move into another interval moves to the closest float64 value
+whose conversion to the comparison dtype lands inside it: for float32 that is the rounding edge
+halfway between the interval's end and its float32 neighbour outside (`edge_up`, `edge_down`),
+up to half a float32 spacing closer to x than the end itself; for float64 it is the end. An unmoved
+coordinate keeps its exact value. The exact attacks search over such points only, so their radii
+and lower bounds are over float64 inputs as the libraries round them (round to nearest, ties to
+even, as numpy and C conversions do).
 """
 from __future__ import annotations
 
@@ -43,6 +46,54 @@ def next_down(v: Any, dtype: type[np.floating[Any]] = np.float32) -> np.floating
     """The next value of `dtype` below dtype(v) (prev32 for float32)."""
     out: np.floating[Any] = np.nextafter(dtype(v), dtype(-np.inf))
     return out
+
+
+def _is_even(t: np.ndarray) -> np.ndarray:
+    """Whether the last significand bit of each float32 value is 0 (the tie-break of round-to-even)."""
+    out: np.ndarray = (np.asarray(t, dtype=np.float32).view(np.uint32) & np.uint32(1)) == 0
+    return out
+
+
+def edge_up(t: Any, dtype: type[np.floating[Any]] = np.float32) -> np.ndarray:
+    """The smallest float64 whose conversion to `dtype` is >= t, per value of t (t in `dtype`).
+
+    For float32: the midpoint m between t and the float32 below it when the tie rounds up to t
+    (t even), else the float64 just above m. For float64: t itself. Non-finite t stay as they are.
+    """
+    t = np.asarray(t, dtype=dtype)
+    if dtype is not np.float32:
+        same: np.ndarray = t.astype(np.float64)
+        return same
+    t64 = t.astype(np.float64)
+    with np.errstate(invalid="ignore", over="ignore"):
+        below = np.nextafter(t, -F32_INF).astype(np.float64)
+        above = np.nextafter(t, F32_INF).astype(np.float64)
+        half = np.where(np.isfinite(below), (t64 - below) / 2, (above - t64) / 2)  # exact in float64
+        m = t64 - half
+    out = np.where(_is_even(t), m, np.nextafter(m, np.inf))
+    edge: np.ndarray = np.where(np.isfinite(t64), out, t64)
+    return edge
+
+
+def edge_down(s: Any, dtype: type[np.floating[Any]] = np.float32) -> np.ndarray:
+    """The largest float64 whose conversion to `dtype` is <= s, per value of s (s in `dtype`).
+
+    The mirror of `edge_up`: the midpoint between s and the float32 above it when the tie rounds
+    down to s (s even), else the float64 just below that midpoint; s itself for float64.
+    """
+    s = np.asarray(s, dtype=dtype)
+    if dtype is not np.float32:
+        same: np.ndarray = s.astype(np.float64)
+        return same
+    s64 = s.astype(np.float64)
+    with np.errstate(invalid="ignore", over="ignore"):
+        above = np.nextafter(s, F32_INF).astype(np.float64)
+        below = np.nextafter(s, -F32_INF).astype(np.float64)
+        half = np.where(np.isfinite(above), (above - s64) / 2, (s64 - below) / 2)
+        m = s64 + half
+    out = np.where(_is_even(s), m, np.nextafter(m, -np.inf))
+    edge: np.ndarray = np.where(np.isfinite(s64), out, s64)
+    return edge
 
 
 def point_distance(x: np.ndarray, xa: np.ndarray, norm: Norm) -> float:
@@ -90,11 +141,11 @@ class Grid:
             a = int(self.int_off[i])
             m = len(t)
             if strict:  # right of "x < t" starts at t; left of it ends just below t
-                up[a + 1:a + m + 1] = t
-                down[a:a + m] = np.nextafter(t, -inf)
+                up[a + 1:a + m + 1] = edge_up(t, dtype)
+                down[a:a + m] = edge_down(np.nextafter(t, -inf), dtype)
             else:  # right of "x <= t" starts just above t; left of it ends at t
-                up[a + 1:a + m + 1] = np.nextafter(t, inf)
-                down[a:a + m] = t
+                up[a + 1:a + m + 1] = edge_up(np.nextafter(t, inf), dtype)
+                down[a:a + m] = edge_down(t, dtype)
         self._up, self._down = up, down
         self._thr_nan = bool(np.isnan(self._thr_flat).any())
 
@@ -115,7 +166,7 @@ class Grid:
         return int(self.offset[i]) + r
 
     def intervals(self, x: np.ndarray) -> tuple[list[int], list[np.ndarray], list[np.ndarray]]:
-        """Per grid feature: the interval of x, the closest point of every interval, its distance.
+        """Per grid feature: the interval of x, the closest point of every interval (a rounding edge), its distance.
 
         One vectorised pass over the flat interval tables; the same values as `intervals_loop`
         (which handles NaN inputs, where searchsorted and comparisons disagree).
@@ -153,11 +204,11 @@ class Grid:
             up, down = idx > j0, idx < j0
             c = np.empty(m + 1, dtype=np.float64)
             if self.strict:  # right of "x < t" starts at t; left of it ends just below t
-                c[up] = t[idx[up] - 1]
-                c[down] = np.nextafter(t[idx[down]], -inf)
+                c[up] = edge_up(t[idx[up] - 1], self.dtype)
+                c[down] = edge_down(np.nextafter(t[idx[down]], -inf), self.dtype)
             else:  # right of "x <= t" starts just above t; left of it ends at t
-                c[up] = np.nextafter(t[idx[up] - 1], inf)
-                c[down] = t[idx[down]]
+                c[up] = edge_up(np.nextafter(t[idx[up] - 1], inf), self.dtype)
+                c[down] = edge_down(t[idx[down]], self.dtype)
             c[j0] = xf
             d = np.abs(c - xf)
             bad = ~np.isfinite(c)
@@ -175,4 +226,4 @@ class Grid:
         return out
 
 
-__all__ = ["F32_INF", "Grid", "next32", "next_down", "next_up", "point_distance", "prev32"]
+__all__ = ["F32_INF", "Grid", "edge_down", "edge_up", "next32", "next_down", "next_up", "point_distance", "prev32"]

@@ -19,7 +19,7 @@ import numpy as np
 from ...errors import AttackError
 from ...models.base import Model, TreeEnsemble
 from ..base import LINF, Candidates, MinimalAttack, Norm
-from .grid import Grid, next32, point_distance, prev32
+from .grid import Grid, edge_down, edge_up, next32, point_distance, prev32
 from .local_search import LocalSearch
 from .margins import Target, margin_of_raw
 from .milp import DEFAULT_NODES, MilpSolver
@@ -352,15 +352,15 @@ class VeritasLinf(MinimalAttack):
 
     @staticmethod
     def _closest(x: np.ndarray, box: dict[int, Any]) -> np.ndarray:
-        """The closest point to x (float32 coordinates where moved) inside a Veritas box [lo, hi)."""
+        """The closest point to x inside a Veritas box [lo, hi) of float32 values (a rounding edge where moved)."""
         out = np.array(x, dtype=np.float64, copy=True)
         for f, iv in box.items():
             x32 = np.float32(x[f])
             lo, hi = iv.lo, iv.hi
             if np.isfinite(lo) and x32 < lo:
-                out[f] = float(np.float32(lo))
+                out[f] = float(edge_up(np.float32(lo)))
             elif np.isfinite(hi) and x32 >= hi:
-                out[f] = float(prev32(hi))
+                out[f] = float(edge_down(prev32(hi)))
         return out
 
     @staticmethod
