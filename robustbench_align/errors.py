@@ -29,6 +29,23 @@ class BudgetError(ConfigError, AttackError):
     """A work budget (solver nodes, search steps, bisection steps) that is not a whole number >= its minimum."""
 
 
+class Interrupted(RBAError):
+    """A run stopped by SIGINT/SIGTERM; `stored` cells (or chunks) were written and a rerun resumes after them.
+
+    `signum` is the signal (2 for SIGINT, 15 for SIGTERM); the CLI exits 128 + signum.
+    """
+
+    def __init__(self, stored: int, signum: int = 2, what: str = "cells") -> None:
+        self.stored, self.signum = stored, signum
+        super().__init__(f"interrupted; {stored} {what} stored, rerun to resume")
+
+
+class Terminated(KeyboardInterrupt):
+    """Raised in the driver by the CLI's SIGTERM handler, so a terminated run unwinds like Ctrl-C (exit 143)."""
+
+    signum = 15
+
+
 def first_line(exc: BaseException, *, with_type: bool = True) -> str:
     """The first line of an exception's message, for one-line errors (the type name when it has no text).
 

@@ -7,7 +7,7 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
-from ..errors import ConfigError, RBAError
+from ..errors import ConfigError, Interrupted, RBAError
 from .config import DEFAULT_POINTS, Plan
 from .job import Job, run_job
 from .store import RunRecord, Store, exclusive
@@ -40,7 +40,10 @@ def run_plan(plan: Plan, store_path: str | os.PathLike, *, cache_dir: str | None
             written += store.write(records)
             failed += sum(r.run.get("status") != "ok" for r in records)
 
-        execute(todo, on_result, workers=workers, dask_address=dask_address, progress=progress)
+        try:
+            execute(todo, on_result, workers=workers, dask_address=dask_address, progress=progress)
+        except KeyboardInterrupt as exc:  # SIGINT, or SIGTERM through the CLI's handler (errors.Terminated)
+            raise Interrupted(written, getattr(exc, "signum", 2)) from None
     return {"jobs": len(todo), "skipped": skipped, "runs_written": written, "runs_failed": failed, "seconds": time.perf_counter() - t0}
 
 
