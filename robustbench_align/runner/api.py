@@ -34,16 +34,18 @@ def run_plan(plan: Plan, store_path: str | os.PathLike, *, cache_dir: str | None
         skipped = len(jobs) - len(todo)
         written = 0
         failed = 0
+        cells = 0
 
         def on_result(records: list[RunRecord]) -> None:
-            nonlocal written, failed
+            nonlocal written, failed, cells
             written += store.write(records)
+            cells += 1
             failed += sum(r.run.get("status") != "ok" for r in records)
 
         try:
             execute(todo, on_result, workers=workers, dask_address=dask_address, progress=progress)
         except KeyboardInterrupt as exc:  # SIGINT, or SIGTERM through the CLI's handler (errors.Terminated)
-            raise Interrupted(written, getattr(exc, "signum", 2)) from None
+            raise Interrupted(cells, getattr(exc, "signum", 2)) from None
     return {"jobs": len(todo), "skipped": skipped, "runs_written": written, "runs_failed": failed, "seconds": time.perf_counter() - t0}
 
 
