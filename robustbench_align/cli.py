@@ -44,17 +44,20 @@ def _main(quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress b
 
 
 def _table(rows: Sequence[Mapping[Any, Any]], title: str | None = None) -> None:
+    """Rows as a rich table; every cell shown with control characters escaped and rich markup inert."""
     from rich.markup import escape
     from rich.table import Table
+
+    from .reports.export import visible
 
     if not rows:
         _console().print("(nothing)")
         return
-    t = Table(title=title, show_lines=False)
+    t = Table(title=None if title is None else escape(visible(title)), show_lines=False)
     for c in rows[0]:
-        t.add_column(escape(str(c)))
+        t.add_column(escape(visible(str(c))))
     for r in rows:
-        t.add_row(*[("" if v is None else escape(str(v))) for v in r.values()])
+        t.add_row(*[("" if v is None else escape(visible(str(v)))) for v in r.values()])
     _console().print(t)
 
 
@@ -83,15 +86,22 @@ def datasets() -> None:
 
 
 def _write_all_reports(store: str, out: str) -> dict[str, Path]:
-    from .reports.export import write_reports
+    """Write every leaderboard report of the store into directory `out`; their paths by format.
+
+    A store without successful runs still gets its reports, saying so and why the runs failed. A
+    directory that cannot be written raises OutputError (one line naming it; exit 2).
+    """
+    from .reports.export import prepare_output_dir, write_reports
     from .reports.tables import leaderboard_from_frames, overall_ranking
     from .runner.store import Store
 
     with Store(store, readonly=True) as st:
         runs, points = st.runs(), st.points()
+    hint = "pass --out a writable directory"
+    prepare_output_dir(out, hint)  # before the (bootstrapped) board is computed
     board = leaderboard_from_frames(runs, points)
     overall = overall_ranking(board)
-    return write_reports(board, out, overall, points=points, runs=runs)
+    return write_reports(board, out, overall, hint=hint, points=points, runs=runs)
 
 
 _CERTIFY_HELP = ("Lower bounds per point: auto (default: the strongest certifier the model allows), none, "
@@ -111,6 +121,7 @@ def run(
     out: str = typer.Option(DEFAULT_OUT, "--out", help="Directory for the leaderboard files."),
     retry_failed: bool = typer.Option(False, "--retry-failed", help="Recompute runs that failed before."),
     wait: bool = typer.Option(False, "--wait", help="Wait for another run on the same store instead of refusing."),
+    chunk: int | None = typer.Option(None, "--chunk", help="Points per chunk job: larger samples run, store and resume by chunk (default 500; 0 = off)."),
 ) -> None:
     """Run the benchmark plan (finished cells are reused) and write the leaderboard reports."""
     from .errors import ConfigError
@@ -128,7 +139,9 @@ def run(
         workers = 1 if dask else usable_cores()
     if certify is not None:
         plan.certify = certify
-        plan.validate()
+    if chunk is not None:
+        plan.chunk_points = chunk
+    plan.validate()
     summary = run_plan(plan, store, cache_dir=cache, workers=workers, dask_address=dask, retry_failed=retry_failed,
                        progress=not _state["quiet"], wait=wait)
     files = _write_all_reports(store, out)
@@ -197,6 +210,9 @@ def evaluate(
     out: str = typer.Option(DEFAULT_OUT, "--out"),
     trust_pickle: bool = typer.Option(False, "--trust-pickle", help="Allow loading a pickle file (executes code)."),
     certify: str | None = typer.Option(None, "--certify", help=_CERTIFY_HELP),
+    points: int | None = typer.Option(None, "--points", help="Test points to evaluate (0 = every test point; default: the plan's)."),
+    chunk: int | None = typer.Option(None, "--chunk", help="Points per chunk: larger samples run, store and resume by chunk (default 500; 0 = off)."),
+    wait: bool = typer.Option(False, "--wait", help="Wait for another run on the same store instead of refusing."),
 ) -> None:
     """Evaluate a new model under the plan's threat models and rank it in the same leaderboard."""
     from .runner.api import evaluate as _evaluate
@@ -205,14 +221,19 @@ def evaluate(
     plan = load_plan(config)
     if certify is not None:
         plan.certify = certify
-        plan.validate()
+    if points is not None:
+        plan.points = points
+    if chunk is not None:
+        plan.chunk_points = chunk
+    plan.validate()
     obj, is_registry = _load_target(target, trust_pickle)
     frames = []
     for seed in plan.seeds:
         shown_name = name or (None if is_registry else getattr(obj, "name", None) or Path(target).stem)
         frames.append(_evaluate(obj, dataset, threats=plan.threats, points=plan.points, seed=seed, name=shown_name,
                                 store=store, attack_time_limit=plan.attack_time_limit, dataset_params=plan.dataset_params.get(dataset),
-                                certify=plan.certify))
+                                certify=plan.certify, chunk_points=plan.chunk_points, wait=wait, progress=not _state["quiet"],
+                                model_params=plan.model_params.get(target) if is_registry else None, attack_effort=plan.attack_effort))
     files = _write_all_reports(store, out)
     from .reports.export import display_frame
     from .reports.tables import leaderboard
@@ -232,21 +253,36 @@ def leaderboard_cmd(
     threat: str | None = typer.Option(None, "--threat"),
     output: Path | None = typer.Option(None, "--output", "-o", help="Write to this file instead of stdout."),
 ) -> None:
-    """Print (or write) the leaderboard from the store."""
-    from .reports.export import render
-    from .reports.tables import leaderboard, overall_ranking
+    """Print (or write) the leaderboard from the store.
+
+    On stdout every control character of a name (escape sequences, carriage returns, ...) is shown
+    as an escape (`\\x1b`); `--output` gets the format's exact text (created with its directory,
+    replaced atomically). A board without rows says why (no runs, every run failed, none selected).
+    """
+    from .errors import ConfigError
+    from .reports.export import FORMATS, prepare_output_file, render, terminal_safe, write_text_atomic
+    from .reports.tables import leaderboard_from_frames, overall_ranking
     from .runner.store import Store
 
-    board = leaderboard(store, dataset=dataset, threat=threat)
-    kw: dict[str, Any] = {}
+    if fmt not in FORMATS:
+        raise ConfigError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    with Store(store, readonly=True) as st:
+        runs, points = st.runs(), st.points()
+    hint = "pass -o a writable file path"
+    if output is not None:
+        prepare_output_file(output, hint)  # before the (bootstrapped) board is computed
+    board = leaderboard_from_frames(runs, points, dataset=dataset, threat=threat)
+    for col, want in (("dataset", dataset), ("threat", threat)):
+        if want is not None and col in runs:
+            runs = runs[runs[col] == want]  # the runs the selection covers, for the note of an empty board
+    kw: dict[str, Any] = {"runs": runs}
     if fmt == "html":
-        with Store(store, readonly=True) as st:
-            kw = {"points": st.points(), "runs": st.runs()}
+        kw["points"] = points
     text = render(board, fmt, overall_ranking(board), **kw)
-    if output:
-        output.write_text(text, encoding="utf-8")
+    if output is not None:
+        write_text_atomic(output, text, hint)
     else:
-        sys.stdout.write(text)
+        sys.stdout.write(terminal_safe(text))
 
 
 @app.command()
@@ -273,6 +309,7 @@ def correlate(
     from .errors import ConfigError
     from .metrics.stats import DEFAULT_CONFOUNDERS, DEFAULT_STRATA
     from .metrics.stats import correlate as _correlate
+    from .reports.export import prepare_output_file, terminal_safe
     from .runner.store import Store
 
     def names(values: list[str] | None, default: Sequence[str]) -> tuple[str, ...]:
@@ -291,6 +328,8 @@ def correlate(
     confounders = names(confounder, DEFAULT_CONFOUNDERS) if confounder else None  # None: the defaults that are present
     with Store(store, readonly=True) as st:
         pts = st.points()
+    prepare_output_file(plot, "pass --plot a writable file path")  # before the tests are computed
+    prepare_output_file(forest, "pass --forest a writable file path")
     pts = pts[(pts["threat"] == threat) & (pts["correct"] == 1)]
     numeric = ", ".join(c for c in pts.columns if pts[c].dtype.kind == "f")
     for col in (x, y):
@@ -307,14 +346,22 @@ def correlate(
     if aggregate:
         kw["aggregate"] = ["model", "dataset"]
     res = _correlate(pts, **kw)
-    sys.stdout.write(str(res) + "\n")
+    sys.stdout.write(terminal_safe(str(res)) + "\n")  # stratum names come from the store
+    from .errors import OutputError
     from .reports.forest import forest_plot
     from .reports.plots import scatter_plot
 
-    scatter_plot(pts, x, y, res, plot, hue="model")
-    drawn = forest_plot(res, forest)
+    try:
+        scatter_plot(pts, x, y, res, plot, hue="model")
+    except OSError as exc:
+        raise OutputError(f"cannot write {str(plot)!r}: {first_line(exc, with_type=False)}; pass --plot a writable file path") from None
+    try:
+        drawn = forest_plot(res, forest)
+    except OSError as exc:
+        raise OutputError(f"cannot write {str(forest)!r}: {first_line(exc, with_type=False)}; pass --forest a writable file path") from None
     if not _state["quiet"]:
-        _console().print(f"plot: {plot}" + (f"\nforest: {forest}" if drawn is not None else "\nforest: (no computable stratum, not written)"))
+        shown = f"plot: {plot}" + (f"\nforest: {forest}" if drawn is not None else "\nforest: (no computable stratum, not written)")
+        _console().print(terminal_safe(shown), markup=False, highlight=False)
 
 
 @reproduce_app.command("rfam")
@@ -382,7 +429,7 @@ def reproduce_grokking(
 
 @app.command()
 def bench(quick: bool = typer.Option(False, "--quick", help="Smaller sizes; finishes in a few minutes.")) -> None:
-    """Run the benchmark suite (needs a source checkout: the `benchmarks/` folder beside the package)."""
+    """Run the benchmark suite (needs a source checkout: the `benchmarks/` folder beside the package); exits with its exit code."""
     import subprocess
 
     from .errors import ConfigError
@@ -391,29 +438,73 @@ def bench(quick: bool = typer.Option(False, "--quick", help="Smaller sizes; fini
     if not (root / "benchmarks" / "__main__.py").exists():
         raise ConfigError("the benchmarks live in the source repository; run `rba bench` from a git checkout")
     cmd = [sys.executable, "-m", "benchmarks"] + (["--quick"] if quick else [])
-    raise typer.Exit(subprocess.call(cmd, cwd=root))  # noqa: S603 - fixed argv: this interpreter, `-m benchmarks`, optional --quick
+    rc = subprocess.call(cmd, cwd=root)  # noqa: S603 - fixed argv: this interpreter, `-m benchmarks`, optional --quick
+    raise typer.Exit(128 - rc if rc < 0 else rc)  # the suite's exit code; killed by signal N: 128 + N, as a shell reports it
 
 
 def main() -> None:
-    """Entry point: run the app; RBAError (and bad-parameter errors) become one line on stderr, exit 2."""
-    try:
-        app(standalone_mode=False)
-    except RBAError as exc:
-        sys.stderr.write(f"rba: error: {first_line(exc, with_type=False)}\n")
-        sys.exit(2)
-    except (typer.Exit, SystemExit) as exc:
-        code = getattr(exc, "exit_code", getattr(exc, "code", 0))
-        sys.exit(code or 0)
-    except KeyboardInterrupt:
-        sys.stderr.write("rba: interrupted\n")
-        sys.exit(130)
-    except Exception as exc:  # usage errors of the (vendored) click layer
-        if hasattr(exc, "format_message") and hasattr(exc, "exit_code"):
-            sys.stderr.write(f"rba: error: {exc.format_message().splitlines()[0]}\n")
+    """Entry point: run the app and exit with its exit code.
+
+    RBAError (and bad-parameter errors) become one line on stderr, exit 2. A run stopped by SIGINT or
+    SIGTERM (errors.Interrupted) prints `rba: interrupted; N cells stored, rerun to resume` and exits
+    128 + the signal (130, 143); any other KeyboardInterrupt or Abort prints `rba: interrupted` and
+    exits the same way. SIGTERM raises errors.Terminated in this process, so it unwinds like Ctrl-C
+    (signals that were ignored when rba started stay ignored).
+    """
+    import signal
+    import threading
+
+    from .errors import Interrupted, Terminated
+
+    received: list[int] = []
+
+    def interrupt(signum: int, frame: Any) -> None:
+        received.append(signum)
+        if signum == signal.SIGTERM:
+            raise Terminated
+        raise KeyboardInterrupt
+
+    saved: dict[int, Any] = {}
+    in_main_thread = threading.current_thread() is threading.main_thread()  # elsewhere the signals stay as they are
+    for sig, default in ((signal.SIGINT, signal.default_int_handler), (signal.SIGTERM, signal.SIG_DFL)):
+        if in_main_thread and signal.getsignal(sig) is default:
+            saved[sig] = signal.signal(sig, interrupt)
+
+    def code(signum: int | None = None) -> int:
+        return 128 + int(signum or (received[-1] if received else signal.SIGINT))
+
+    def run() -> None:
+        try:
+            rc = app(standalone_mode=False)
+        except Interrupted as exc:
+            sys.stderr.write(f"rba: {first_line(exc, with_type=False)}\n")
+            sys.exit(code(exc.signum))
+        except RBAError as exc:
+            sys.stderr.write(f"rba: error: {first_line(exc, with_type=False)}\n")
             sys.exit(2)
-        if type(exc).__name__ == "Abort":
-            sys.exit(130)
-        raise
+        except (typer.Exit, SystemExit) as exc:
+            sys.exit(getattr(exc, "exit_code", getattr(exc, "code", 0)) or 0)
+        except KeyboardInterrupt as exc:
+            sys.stderr.write("rba: interrupted\n")
+            sys.exit(code(getattr(exc, "signum", None)))
+        except Exception as exc:  # usage errors of the (vendored) click layer
+            if hasattr(exc, "format_message") and hasattr(exc, "exit_code"):
+                sys.stderr.write(f"rba: error: {exc.format_message().splitlines()[0]}\n")
+                sys.exit(2)
+            if type(exc).__name__ == "Abort":
+                sys.stderr.write("rba: interrupted\n")
+                sys.exit(code())
+            raise
+        if rc == 130 and received:  # typer turns a KeyboardInterrupt outside a run into exit code 130
+            sys.stderr.write("rba: interrupted\n")
+            sys.exit(code())
+        sys.exit(rc if isinstance(rc, int) else 0)  # a command's typer.Exit(code) comes back as the return value
+
+    try:
+        run()
+    finally:  # an in-process caller gets its handlers back
+        for signum, handler in saved.items():
+            signal.signal(signum, handler)
 
 
 if __name__ == "__main__":  # pragma: no cover

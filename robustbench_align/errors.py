@@ -56,3 +56,15 @@ def first_line(exc: BaseException, *, with_type: bool = True) -> str:
         return type(exc).__name__
     line = text.splitlines()[0]
     return f"{type(exc).__name__}: {line}" if with_type else line
+
+
+class OutputError(RBAError, OSError):
+    """A report, table or plot that cannot be written where asked (read-only directory, a parent that is a file,
+    an invalid path); the message names the path and the option to change."""
+
+
+class ResourceError(RBAError, ValueError):
+    """A job refused before it starts: its estimated memory (or size) exceeds a limit.
+
+    The message states the estimate, the limit and the option that raises it (see `guards`).
+    """

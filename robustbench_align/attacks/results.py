@@ -13,7 +13,27 @@ from typing import Any
 import numpy as np
 
 from ..errors import AttackError
-from .base import AttackResult, check_eps
+from .base import AttackResult
+
+
+def _eps_values(eps: Any, what: str = "eps", *, zero: bool = True) -> np.ndarray:
+    """`eps` (one number or a flat list) as a 1-d float64 array, each value finite and >= 0 (> 0 unless `zero`).
+
+    Anything else raises a one-line AttackError naming the first bad value and its position.
+    """
+    try:
+        arr = np.asarray(eps, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise AttackError(f"{what} must be a number or a flat list of numbers, got {str(eps)[:60]!r}") from None
+    if arr.ndim > 1:
+        raise AttackError(f"{what} must be a number or a flat list of numbers, got an array of shape {arr.shape}")
+    e = np.atleast_1d(arr)
+    bad = np.flatnonzero(~np.isfinite(e) | ((e < 0) if zero else (e <= 0)))
+    if bad.size:
+        where = f" at position {int(bad[0])} of {e.size}" if e.size > 1 else ""
+        bound = ">= 0" if zero else "> 0"
+        raise AttackError(f"{what} must be finite and {bound}, got {float(e[bad[0]])!r}{where}; pass radii {bound}")
+    return e
 
 
 @dataclass
@@ -42,7 +62,7 @@ class RadiusResult(AttackResult):
         A proved lower bound on the true robust accuracy (robust_accuracy is the empirical upper
         bound). Zero everywhere when nothing was certified.
         """
-        e = check_eps(eps)
+        e = _eps_values(eps, zero=False)
         if self.n == 0:
             return np.full(e.size, np.nan)
         cc = np.ones(self.n, dtype=bool) if self.clean_correct is None else self.clean_correct
@@ -50,15 +70,23 @@ class RadiusResult(AttackResult):
         out: np.ndarray = np.array([float(np.mean(cc & (lb > v))) for v in e])
         return out
 
+    def robust_accuracy(self, eps: Any) -> np.ndarray:
+        """Fraction of points whose verified minimal distance exceeds each eps (at eps 0: the clean-correct share).
+
+        eps: one number or a flat list, each finite and >= 0; NaN, negative or infinite values raise
+        AttackError naming the value.
+        """
+        return super().robust_accuracy(_eps_values(eps))
+
     def curve(self, eps_grid: Sequence[float] | None = None) -> Any:
         """Robust accuracy vs eps as a DataFrame (eps, robust_accuracy); eps 0 gives the clean accuracy."""
         import pandas as pd
 
         from .registry import default_eps_grid
 
-        e = np.asarray(default_eps_grid(self.norm) if eps_grid is None else eps_grid, dtype=np.float64).ravel()
-        if e.size == 0 or not np.all(np.isfinite(e)) or np.any(e < 0):
-            raise AttackError(f"eps grid must be finite and >= 0, got {eps_grid!r}")
+        e = _eps_values(default_eps_grid(self.norm) if eps_grid is None else eps_grid, "eps grid")
+        if e.size == 0:
+            raise AttackError("eps grid is empty; pass at least one radius >= 0")
         return pd.DataFrame({"eps": e, "robust_accuracy": self.robust_accuracy(e)})
 
     def auc(self, max_eps: float | None = None) -> float:
@@ -68,7 +96,7 @@ class RadiusResult(AttackResult):
         """
         from .registry import default_eps_grid
 
-        e = check_eps(max(default_eps_grid(self.norm)) if max_eps is None else max_eps)
+        e = _eps_values(max(default_eps_grid(self.norm)) if max_eps is None else max_eps, "max_eps", zero=False)
         if e.size != 1:
             raise AttackError(f"max_eps must be one number, got {max_eps!r}")
         m = float(e[0])
@@ -85,7 +113,7 @@ class RadiusResult(AttackResult):
         """
         from .registry import default_eps_grid
 
-        e = check_eps(max(default_eps_grid(self.norm)) if max_eps is None else max_eps)
+        e = _eps_values(max(default_eps_grid(self.norm)) if max_eps is None else max_eps, "max_eps", zero=False)
         if e.size != 1:
             raise AttackError(f"max_eps must be one number, got {max_eps!r}")
         m = float(e[0])
@@ -128,13 +156,24 @@ class FixedEpsResult:
     flags: dict[str, str] = field(default_factory=dict)
     path: str = ""
 
+    def _at(self, eps: float) -> AttackResult:
+        """The result at `eps`, one of `self.eps`; AttackError naming it otherwise (NaN, negative, not attacked)."""
+        e = _eps_values(eps, zero=False)
+        if e.size != 1:
+            raise AttackError(f"eps must be one number, got {e.size} values")
+        r = self.results.get(float(e[0]))
+        if r is None:
+            have = ", ".join(f"{float(x):g}" for x in self.eps)[:80]
+            raise AttackError(f"eps {float(e[0])!r} was not attacked in this result (eps: {have}); pass one of those")
+        return r
+
     def robust(self, eps: float) -> np.ndarray:
-        """Per-point: True where no verified adversarial within eps was found."""
-        return ~self.results[float(eps)].success
+        """Per-point: True where no verified adversarial within eps was found (eps: one of `self.eps`, else AttackError)."""
+        return ~self._at(eps).success
 
     def certified(self, eps: float) -> np.ndarray:
-        """Per-point: True where an exact attack's lower bound proves robustness at eps."""
-        r = self.results[float(eps)]
+        """Per-point: True where an exact attack's lower bound proves robustness at eps (eps: one of `self.eps`)."""
+        r = self._at(eps)
         return ~r.success & (r.lower_bound > float(eps)) if r.lower_bound is not None else np.zeros(r.n, dtype=bool)
 
     @property

@@ -4,10 +4,16 @@ One column is the label (the `target` parameter, else the first column named tar
 class or y); every other column, apart from those listed in `drop`, must be numeric. The table
 then goes through the shared pipeline in `tabular.build_dataset` (stratified split by seed,
 train-only standardisation). Nothing is written.
+
+The path must be a regular file (a directory, FIFO or device is named as such and never opened),
+and a file with more than $RBA_MAX_COLUMNS columns (default 20,000) is refused from its header or
+schema, before it is parsed.
 """
 from __future__ import annotations
 
 import os
+import stat
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -15,10 +21,14 @@ from typing import Any
 import numpy as np
 
 from ..errors import DataError, first_line
+from ..guards import env_cap
 from .tabular import DEFAULT_TEST_SIZE, Dataset, build_dataset, one_line, short_list
 
 TARGET_CANDIDATES = ("target", "label", "class", "y")
 FORMATS = ("csv", "parquet")
+FORMAT_NAMES = {"csv": "CSV", "parquet": "Parquet"}
+MAX_COLUMNS_ENV = "RBA_MAX_COLUMNS"
+DEFAULT_MAX_COLUMNS = 20_000  # columns in the file (features, target and dropped ones)
 
 
 def read_table(kind: str, path: str | os.PathLike) -> Any:
@@ -31,20 +41,22 @@ def read_table(kind: str, path: str | os.PathLike) -> Any:
     who = one_line(f"{kind}:{path}")
     if not str(path):
         raise DataError(f"{kind}: no path given; write {kind}:<path to the file>")
-    if not p.is_file():
-        raise DataError(f"{who}: no such file ({one_line(p.resolve())})")
+    check_regular_file(p, who, f"a {FORMAT_NAMES[kind]} file")
+    cap = env_cap(MAX_COLUMNS_ENV, DEFAULT_MAX_COLUMNS)
     try:
         if kind == "csv":
             header = _csv_header(p)
-            dup = sorted({c for c in header if header.count(c) > 1})
+            _check_columns(len(header), cap, who)
+            dup = _duplicates(header)
             if dup:
                 raise DataError(f"{who}: duplicate column names {short_list(dup)}; rename them")
             frame = pd.read_csv(p)
         else:
             try:
-                import pyarrow  # noqa: F401
+                import pyarrow.parquet as pq
             except ImportError:
                 raise DataError(f"{who}: reading Parquet needs pyarrow; pip install 'robustbench-align[parquet]'") from None
+            _check_columns(len(pq.read_schema(p).names), cap, who)
             frame = pd.read_parquet(p)
     except DataError:
         raise
@@ -53,6 +65,47 @@ def read_table(kind: str, path: str | os.PathLike) -> Any:
     if frame.shape[0] == 0:
         raise DataError(f"{who}: the table has no rows")
     return frame
+
+
+def _file_kind(mode: int) -> str | None:
+    """What a non-regular file is ("a directory", "a FIFO (named pipe)", ...), None for a regular file."""
+    if stat.S_ISREG(mode):
+        return None
+    kinds = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISSOCK, "a socket"),
+             (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"))
+    return next((text for test, text in kinds if test(mode)), "not a regular file")
+
+
+def check_regular_file(path: Path, who: str, wanted: str) -> None:
+    """DataError (one line) unless `path` is an existing regular file (after symlinks): it says what the path is instead.
+
+    A FIFO or device is refused without opening it (reading one could block or never end).
+    """
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        broken = " (a broken symbolic link)" if path.is_symlink() else ""
+        raise DataError(f"{who}: no such file{broken} ({one_line(path.resolve())}); give {wanted}") from None
+    except OSError as exc:
+        raise DataError(f"{who}: cannot be inspected ({first_line(exc)}); give {wanted}") from None
+    kind = _file_kind(mode)
+    if kind is not None:
+        raise DataError(f"{who}: is {kind} ({one_line(path.resolve())}); give {wanted}")
+
+
+def _check_columns(n_columns: int, cap: int, who: str) -> None:
+    """DataError when a table has more columns than the column cap (checked from the header, before parsing)."""
+    if n_columns > cap:
+        raise DataError(
+            f"{who}: {n_columns} columns exceed the column cap of {cap} ({MAX_COLUMNS_ENV}); drop unused columns from the file, "
+            f"or set {MAX_COLUMNS_ENV} to a larger number to load it anyway"
+        )
+
+
+def _duplicates(names: Sequence[Any]) -> list[str]:
+    """The names that occur more than once, sorted (linear time: headers can be very wide)."""
+    counts = Counter(names)
+    return sorted(str(c) for c, k in counts.items() if k > 1)
 
 
 def _csv_header(path: Path) -> list[str]:
@@ -107,7 +160,7 @@ def load_table(
     frame = read_table(kind, path)
     frame.columns = [str(c) for c in frame.columns]
     if len(set(frame.columns)) != len(frame.columns):
-        dup = sorted({c for c in frame.columns if list(frame.columns).count(c) > 1})
+        dup = _duplicates(list(frame.columns))
         raise DataError(f"{who}: duplicate column names {short_list(dup)}; rename them")
     tcol = find_target(frame.columns, who, target)
     drops = [drop] if isinstance(drop, str) else list(drop or [])
@@ -119,7 +172,8 @@ def load_table(
     feats = [c for c in frame.columns if c != tcol and c not in drops]
     if not feats:
         raise DataError(f"{who}: no feature columns besides the target {tcol!r}")
-    bad = [c for c in feats if not pd.api.types.is_numeric_dtype(frame[c])]
+    dtypes = dict(zip(frame.columns, frame.dtypes, strict=True))
+    bad = [c for c in feats if not pd.api.types.is_numeric_dtype(dtypes[c])]
     if bad:
         raise DataError(
             f"{who}: non-numeric feature columns {short_list(bad)}; encode them as numbers or list them in drop"

@@ -1,8 +1,9 @@
 """The Dataset record, stratified splits and train-only standardisation.
 
 Every loader ends in `build_dataset`, so all datasets share one pipeline: check the features are
-finite numbers, encode the labels 0..K-1, split by seed with stratification, then fit the
-standardisation on the training split only and apply it to test (and validation) rows.
+finite numbers, encode the labels 0..K-1 (numeric labels that look continuous are refused as a
+regression target), split by seed with stratification, then fit the standardisation on the
+training split only and apply it to test (and validation) rows.
 """
 from __future__ import annotations
 
@@ -148,6 +149,33 @@ def encode_labels(y: Any, who: str, class_names: Sequence[str] | None = None) ->
     return codes.astype(np.int64).reshape(-1), names
 
 
+CONTINUOUS_MIN_VALUES = 20  # more distinct numeric labels than this, some seen once: a regression target
+
+
+def check_not_continuous(y: Any, who: str, target: str | None = None) -> None:
+    """DataError (one line, reason and fix) when numeric labels look like a regression target.
+
+    The labels look continuous when some value occurs only once (so no stratified split exists
+    anyway) and the values are fractional or more than CONTINUOUS_MIN_VALUES distinct ones; labels
+    a split can use are never refused here.
+    """
+    y = np.asarray(y)
+    if y.ndim != 1 or y.size == 0 or y.dtype.kind not in "biuf":
+        return
+    values, counts = np.unique(y, return_counts=True)
+    once = int(np.count_nonzero(counts < 2))
+    fractional = y.dtype.kind == "f" and bool(np.any(values != np.round(values)))
+    if not once or not (fractional or values.size > CONTINUOUS_MIN_VALUES):
+        return
+    what = f"target column {one_line(target)!r}" if target is not None else "the labels"
+    examples = ", ".join(_label_name(v) for v in values[:: max(1, values.size // 3)][:3])
+    fix = "bin it into classes (e.g. by quantiles) or pass target=<a class column>" if target is not None else "bin it into classes"
+    raise DataError(
+        f"{who}: {what} looks continuous ({values.size} distinct values in {y.size} rows, {once} of them seen once, e.g. "
+        f"{examples}): a regression target, and the suite evaluates classifiers; {fix}"
+    )
+
+
 def check_split_feasible(y: np.ndarray, test_size: float, who: str, class_names: Sequence[str] | None = None) -> None:
     """DataError unless a stratified split with this test fraction can hold every class on both sides."""
     n = int(y.shape[0])
@@ -159,7 +187,7 @@ def check_split_feasible(y: np.ndarray, test_size: float, who: str, class_names:
     if rare.size:
         names = [class_names[int(c)] if class_names is not None else str(c) for c in rare]
         raise DataError(
-            f"{who}: class {short_list(names)} has fewer than 2 rows; a stratified train/test split needs at least "
+            f"{who}: class {short_list(names, limit=10)} has fewer than 2 rows; a stratified train/test split needs at least "
             f"2 rows per class (drop or merge rare classes)"
         )
     n_test = math.ceil(test_size * n)
@@ -266,6 +294,7 @@ def build_dataset(
     if len(names) != X.shape[1]:
         raise DataError(f"{who}: {len(names)} feature names for {X.shape[1]} columns")
     codes, cls = encode_labels(y, who, class_names)
+    check_not_continuous(y, who, (meta or {}).get("target"))
     if codes.shape[0] != X.shape[0]:
         raise DataError(f"{who}: {X.shape[0]} feature rows but {codes.shape[0]} labels")
     test_size = check_test_size(test_size, who)

@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import shutil
+import stat
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -117,14 +118,29 @@ def _json_default(o: Any) -> Any:
 
 
 def load_model(path: str | os.PathLike[str], *, trust_pickle: bool = False, name: str | None = None) -> Model:
-    """Load a model saved by `save_model`, an XGBoost JSON file or a skops file, never executing pickle."""
+    """Load a model saved by `save_model`, an XGBoost JSON file or a skops file, never executing pickle.
+
+    A path that is missing, a directory without a manifest, or a FIFO/socket/device is refused with a
+    one-line ModelError saying which (a FIFO is never opened, so loading cannot block on it).
+    """
     path = Path(path)
-    if not path.exists():
-        raise ModelError(f"model path {str(path)!r} does not exist")
-    if path.is_dir():
+    wanted = "give a model file or a directory written by save_model"
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        broken = " (a broken symbolic link)" if path.is_symlink() else ""
+        raise ModelError(f"model path {str(path)!r} does not exist{broken}; {wanted}") from None
+    except OSError as exc:
+        raise ModelError(f"model path {str(path)!r} cannot be inspected ({first_line(exc)}); {wanted}") from None
+    if stat.S_ISDIR(mode):
+        if not (path / MANIFEST).is_file():
+            raise ModelError(f"model path {str(path)!r} is a directory without {MANIFEST}, not a saved model; {wanted}")
         return _load_dir(path, name)
-    if not path.is_file():
-        raise ModelError(f"model path {str(path)!r} is not a regular file or a directory")
+    if not stat.S_ISREG(mode):
+        kinds = ((stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"),
+                 (stat.S_ISBLK, "a block device"))
+        kind = next((text for test, text in kinds if test(mode)), "not a regular file")
+        raise ModelError(f"model path {str(path)!r} is {kind}, not a model file; {wanted}")
     if _looks_like_pickle(path):
         if not trust_pickle:
             raise ModelError(

@@ -27,6 +27,10 @@ Design choices (all deliberate, all documented here):
   distance 0, kernel 1, and no gradient contribution (the self-term of the gradient is zeroed). The torch
   path uses the same rule through a double `where`, so autograd reproduces the analytic gradient
   at training points too.
+- Before allocating anything large, `fit` estimates its peak memory (`fit_memory_bytes`: the d x d
+  metrics grow with the square of the feature count, the kernel with the square of the rows) and
+  refuses with a one-line ResourceError above `guards.memory_limit()` ($RBA_MEMORY_LIMIT_GB, else
+  half the available memory).
 - `predict_proba` is the softmax of the raw kernel outputs (they are not probabilities);
   `predict` is the argmax of the raw outputs, ties to the lowest index.
 
@@ -47,6 +51,7 @@ import numpy as np
 from sklearn.base import BaseEstimator
 
 from ..errors import DataError, ModelError
+from ..guards import check_memory
 from .base import FittedModel, argmax_rows, check_features, check_training_data, softmax_rows
 from .constraints import Check, Constraint, Integer, Options, Real, is_number
 from .dtypes import DTYPES, torch_dtype
@@ -161,6 +166,27 @@ def _ridge_solve(build: Callable[[], Any], reg: float, Y: Any) -> Any:
         return A
     log.warning("kernel system singular (reg=%g); using least squares", reg)
     return torch.linalg.lstsq(K, Y, driver="gelsd").solution
+
+
+def fit_memory_bytes(n: int, n_val: int, d: int, k: int, n_regs: int, iters: int, itemsize: int = 8) -> float:
+    """Estimated peak bytes of `RFM.fit` (and of the fitted predictor's state) on n training rows, d features, k classes.
+
+    The terms, from the largest at many features: the metric path (n_regs x iters d x d float64
+    matrices kept for inspection), about ten more d x d matrices alive at once (covariance, M0,
+    the current and best M, its torch copy, the AGOP accumulator and the normalisation's
+    temporaries), the n x n kernel (factored in place; the rare LU fallback needs a second one, left
+    to the headroom the limit keeps), about six
+    (n + n_val) x d copies of the inputs, the (n, k*d) gradient coefficients of the AGOP pass and
+    of the fitted state, one chunk of per-row gradients and the chunked kernel blocks.
+    """
+    n, n_val, d, k = int(n), int(n_val), int(d), int(k)
+    chunk_rows = min(n, max(1, _CHUNK_ELEMS // max(n, 1)))
+    metric = 8.0 * (n_regs * iters + 10) * d * d
+    kernel = 1.0 * itemsize * n * n
+    inputs = 6.0 * 8 * (n + n_val) * d
+    grads = itemsize * (2.0 * n * k * d + 2.0 * chunk_rows * k * d)
+    blocks = 4.0 * itemsize * _CHUNK_ELEMS
+    return metric + kernel + inputs + grads + blocks
 
 
 def _trace_normalise(M: np.ndarray) -> np.ndarray:
@@ -295,6 +321,11 @@ class RFM(BaseEstimator, FittedModel):  # type: ignore[misc]  # sklearn is untyp
                 f"{who}.fit: the training split has {n} rows > max_direct_n={self.max_direct_n} (the direct solve needs an "
                 f"{n}x{n} kernel matrix); subsample the data or raise max_direct_n"
             )
+
+        itemsize = 8 if self.dtype == "float64" else 4
+        need = fit_memory_bytes(n, Xva.shape[0], d, k, len(regs), int(self.iters), itemsize)
+        check_memory(need, f"{who}.fit on {n} rows x {d} features x {k} classes ({len(regs)} regs x {self.iters} iters)",
+                     hint="use fewer features (its d x d metrics grow with the square), fewer regs or iters")
 
         tdt = torch_dtype(self.dtype)
         center = Xtr.mean(axis=0)
@@ -572,4 +603,4 @@ class RFAM(RFM):
         )
 
 
-__all__ = ["RFAM", "RFM"]
+__all__ = ["RFAM", "RFM", "fit_memory_bytes"]

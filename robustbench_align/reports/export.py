@@ -1,15 +1,26 @@
-"""Renderings of leaderboard frames: Markdown, CSV, LaTeX and RobustBench-like JSON rows."""
+"""Renderings of leaderboard frames: Markdown, CSV, LaTeX and RobustBench-like JSON rows.
+
+Output hygiene: every name is escaped for its format. Markdown and LaTeX show control characters
+(C0, DEL, C1) and bidirectional-override marks visibly (ESC as `\\x1b`, see `visible`); JSON escapes
+them (`\\u001b`); HTML and CSV keep the exact text (`terminal_safe` escapes them where text goes to a
+terminal). In CSV a text cell that a spreadsheet would read as a formula (starting with `=`, `+`, `-`,
+`@`, tab or carriage return) is prefixed with `'`; numbers stay numbers. A board without rows renders
+as a note saying why (no runs, every run failed, with the reasons, or none in the selection).
+"""
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
+import re
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from ..errors import OutputError, first_line
 from ..metrics.registry import LEADERBOARD_METRICS
 
 FORMATS = ("md", "html", "latex", "csv", "json")
@@ -44,6 +55,28 @@ COLUMN_DEFINITIONS: tuple[tuple[str, str], ...] = (
     ("tied_with", "the models of the block not significantly different from this one"),
     ("mean_rank", "overall ranking: mean of the per-dataset ranks, descriptive; its interval is a bootstrap over datasets"),
 )
+
+
+# Characters that act on a terminal or reorder text invisibly: C0 controls, DEL, C1 controls, the
+# bidirectional marks, overrides and isolates, and the Unicode line/paragraph separators.
+_UNSAFE_CELL = re.compile(r"[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+_UNSAFE_TEXT = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069]")  # keeps \t, \n
+
+
+def _escape_char(m: re.Match[str]) -> str:
+    o = ord(m.group())
+    return f"\\x{o:02x}" if o < 0x100 else f"\\u{o:04x}"
+
+
+def visible(s: object) -> str:
+    """str(s) with every control character (C0 including tab and newline, DEL, C1) and every bidirectional
+    mark/override/isolate written as a visible escape: ESC as `\\x1b`, U+202E as `\\u202e`; other text unchanged."""
+    return _UNSAFE_CELL.sub(_escape_char, str(s))
+
+
+def terminal_safe(text: str) -> str:
+    """text safe to print on a terminal: the characters `visible` escapes, except newline and tab, escaped the same way."""
+    return _UNSAFE_TEXT.sub(_escape_char, text)
 
 
 def _fmt(v: Any, col: str) -> str:
@@ -109,16 +142,50 @@ def display_frame(board: pd.DataFrame) -> pd.DataFrame:
 
 
 def _md_escape(s: object) -> str:
-    s = " ".join(str(s).splitlines())  # \n, \r, \r\n, U+2028 ... all end a Markdown table row
+    s = visible(" ".join(str(s).splitlines()))  # \n, \r, \r\n, U+2028 ... all end a Markdown table row
     return (s.replace("\\", "\\\\").replace("|", "\\|").replace("<", "&lt;").replace(">", "&gt;")
             .replace("`", "\\`").replace("[", "\\[").replace("]", "\\]"))
 
 
-def to_markdown(board: pd.DataFrame, overall: pd.DataFrame | None = None, title: str = "Leaderboard") -> str:
-    """Markdown: one table per (dataset, threat), then the overall ranking."""
+def no_rows_note(runs: pd.DataFrame | None) -> tuple[str, list[str]]:
+    """Why a board has no rows, as (sentence, reasons): no runs in the store, every run failed (reasons: the
+    distinct first lines of the runs' errors, with how many runs and an example run each, at most 5), or
+    successful runs exist but none matches the selection. The texts are raw: escape them for the format."""
+    if runs is None or runs.empty or "status" not in runs:
+        return "No runs in the store yet; run 'rba run' or 'rba evaluate' first.", []
+    ok = int((runs["status"] == "ok").sum())
+    if ok:
+        return f"No leaderboard rows: none of the {ok} successful runs matches this selection.", []
+    groups: dict[str, list[str]] = {}
+    for _, r in runs.iterrows():
+        err = r.get("error")
+        reason = first_line_text(err) if isinstance(err, str) and err.strip() else f"status {r.get('status')!s}, no error recorded"
+        where = f"{r.get('model')} on {r.get('dataset')}/{r.get('threat')} seed {r.get('seed')}"
+        groups.setdefault(reason[:200], []).append(where)
+    ordered = sorted(groups.items(), key=lambda kv: -len(kv[1]))
+    reasons = [f"{reason} ({len(w)} run{'s' if len(w) > 1 else ''}, e.g. {w[0]})" for reason, w in ordered[:5]]
+    if len(ordered) > 5:
+        reasons.append(f"and {len(ordered) - 5} more distinct errors")
+    n = len(runs)
+    return (f"No successful runs: {'the only run' if n == 1 else f'all {n} runs'} failed; fix the cause and rerun "
+            "('rba run --retry-failed' recomputes failed runs).", reasons)
+
+
+def first_line_text(text: str) -> str:
+    """The first non-empty line of text, stripped."""
+    return next((ln.strip() for ln in text.splitlines() if ln.strip()), "")
+
+
+def to_markdown(board: pd.DataFrame, overall: pd.DataFrame | None = None, title: str = "Leaderboard",
+                runs: pd.DataFrame | None = None) -> str:
+    """Markdown: one table per (dataset, threat), then the overall ranking.
+
+    A board without rows gives the title and `no_rows_note(runs)`: the sentence and the failure reasons as a list.
+    """
     lines = [f"# {_md_escape(title)}", ""]
-    if board.empty:
-        return "\n".join(lines + ["No finished runs."])
+    if board.empty or not {"dataset", "threat"} <= set(board.columns):
+        sentence, reasons = no_rows_note(runs)
+        return "\n".join([*lines, _md_escape(sentence), *([""] if reasons else []), *(f"- {_md_escape(r)}" for r in reasons)]) + "\n"
     lines += ["Accuracies in %; radii in the threat model's norm on standardised features. Empirical (attack) and certified "
               "numbers side by side; columns are defined at the end and in the README.", ""]
     if overall is not None and not overall.empty:
@@ -147,12 +214,19 @@ _LATEX_SPECIAL = {"&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{
 
 
 def _tex(s: Any) -> str:
-    s = " ".join(str(s).splitlines())  # a blank line would start a paragraph inside a tabular cell
+    s = visible(" ".join(str(s).splitlines()))  # a blank line would start a paragraph inside a tabular cell
     return "".join(_LATEX_SPECIAL.get(ch, ch) for ch in s)
 
 
-def to_latex(board: pd.DataFrame) -> str:
-    """A booktabs LaTeX table per (dataset, threat), with every cell escaped."""
+def to_latex(board: pd.DataFrame, runs: pd.DataFrame | None = None) -> str:
+    """A booktabs LaTeX table per (dataset, threat), with every cell escaped.
+
+    A board without rows gives `no_rows_note(runs)` as a paragraph (and the failure reasons as a list).
+    """
+    if board.empty or not {"dataset", "threat"} <= set(board.columns):
+        sentence, reasons = no_rows_note(runs)
+        items = [r"\begin{itemize}", *(rf"\item {_tex(r)}" for r in reasons), r"\end{itemize}"] if reasons else []
+        return "\n".join([rf"\noindent Robustness leaderboard: {_tex(sentence)}\par", *items, ""])
     out = []
     for (ds, th), sub in board.groupby(["dataset", "threat"], sort=True):
         sub = sub.drop(columns=["dataset", "threat", "attacks", "flags", "tied_with"], errors="ignore").dropna(axis=1, how="all")
@@ -229,16 +303,39 @@ def to_json_rows(board: pd.DataFrame) -> list[dict[str, Any]]:
     return rows
 
 
-def render(board: pd.DataFrame, fmt: str, overall: pd.DataFrame | None = None, **kw: Any) -> str:
-    """The leaderboard as text in one of FORMATS."""
-    if fmt == "md":
-        return to_markdown(board, overall)
-    if fmt == "csv":
-        import csv
+# What a spreadsheet reads as the start of a formula (OWASP CSV injection), with the full-width forms.
+FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r", "\uff1d", "\uff0b", "\uff0d", "\uff20")
 
-        return board.to_csv(index=False, quoting=csv.QUOTE_NONNUMERIC, lineterminator="\n")
+
+def csv_cell(v: Any) -> Any:
+    """v, with a text value that starts like a formula (FORMULA_PREFIXES) prefixed by `'`; numbers and other values unchanged."""
+    return "'" + v if isinstance(v, str) and v.startswith(FORMULA_PREFIXES) else v
+
+
+def csv_safe(df: pd.DataFrame) -> pd.DataFrame:
+    """A copy of df whose text cells and column names pass through `csv_cell`; numeric columns are untouched."""
+    out = df.rename(columns=lambda c: csv_cell(c) if isinstance(c, str) else c)
+    for c in out.columns:
+        if out[c].dtype == object or pd.api.types.is_string_dtype(out[c].dtype):
+            out[c] = out[c].map(csv_cell)
+    return out
+
+
+def to_csv(board: pd.DataFrame) -> str:
+    """The board as CSV: text quoted, numbers bare, formula-like text neutralised by `csv_safe`."""
+    import csv
+
+    return csv_safe(board).to_csv(index=False, quoting=csv.QUOTE_NONNUMERIC, lineterminator="\n")
+
+
+def render(board: pd.DataFrame, fmt: str, overall: pd.DataFrame | None = None, **kw: Any) -> str:
+    """The leaderboard as text in one of FORMATS (kw: render_html's keywords; `runs` also explains an empty board)."""
+    if fmt == "md":
+        return to_markdown(board, overall, runs=kw.get("runs"))
+    if fmt == "csv":
+        return to_csv(board)
     if fmt == "latex":
-        return to_latex(board)
+        return to_latex(board, runs=kw.get("runs"))
     if fmt == "json":
         return json.dumps(to_json_rows(board), indent=1, allow_nan=False)
     if fmt == "html":
@@ -250,19 +347,102 @@ def render(board: pd.DataFrame, fmt: str, overall: pd.DataFrame | None = None, *
     raise ConfigError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
 
 
+def _why(path: Path, exc: BaseException) -> str:
+    """The reason a write to path failed, in words: an ancestor that is a file, else the OS's reason."""
+    try:
+        for parent in path.parents:
+            if parent.exists():
+                if not parent.is_dir():
+                    return f"{str(parent)!r} is a file, not a directory"
+                break
+    except (OSError, ValueError):
+        pass
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror[0].lower() + exc.strerror[1:]
+    return first_line(exc, with_type=False)
+
+
+def _unwritable_dir(out: Path) -> str | None:
+    """None when directory out exists (created with its parents if missing) and a file can be created in
+    it (a probe file is created and removed); else the reason, in words."""
+    try:
+        if str(out) == "" or "\x00" in str(out):
+            raise ValueError("invalid path (empty or with a NUL byte)")
+        if out.exists() and not out.is_dir():
+            return f"{str(out)!r} is a file, not a directory"
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / f".rba-write-check.{os.getpid()}"
+        probe.touch()
+        probe.unlink()
+    except (OSError, ValueError) as exc:
+        return _why(out, exc)
+    return None
+
+
+def prepare_output_dir(path: str | os.PathLike, hint: str = "choose a writable directory") -> Path:
+    """path as a Path, created with its parents and checked writable (a probe file is created and removed).
+
+    Raises OutputError (one line: the path, the reason and `hint`) for a read-only directory, a path
+    that is or runs through a file, or an invalid path (empty, a NUL byte, too long).
+    """
+    why = _unwritable_dir(Path(path)) if str(path) != "" else "invalid path (empty)"
+    if why is not None:
+        raise OutputError(f"cannot write to directory {str(path)!r}: {why}; {hint}")
+    return Path(path)
+
+
+def prepare_output_file(path: str | os.PathLike, hint: str = "choose a writable file path") -> Path:
+    """path as a Path whose directory exists (created if missing) and is writable.
+
+    Raises OutputError (one line: the path, the reason and `hint`) for a directory, a path whose
+    directory is read-only or runs through a file, or an invalid path (empty, a NUL byte, too long).
+    """
+    out = Path(path)
+    try:
+        if str(path) == "" or "\x00" in str(path) or out.name in ("", ".", ".."):
+            why: str | None = "invalid path (empty, a NUL byte or no file name)"
+        elif out.is_dir():
+            why = "it is a directory"
+        else:
+            why = _unwritable_dir(out.parent)
+    except (OSError, ValueError) as exc:
+        why = _why(out, exc)
+    if why is not None:
+        raise OutputError(f"cannot write {str(path)!r}: {why}; {hint}")
+    return out
+
+
+def write_text_atomic(path: str | os.PathLike, text: str, hint: str = "choose a writable file path") -> Path:
+    """Write text (UTF-8) to path through a temporary file beside it, then replace path in one step.
+
+    Missing directories are created. OutputError (one line: the path, the reason, `hint`) when it
+    cannot be written; no temporary file is left behind.
+    """
+    out = prepare_output_file(path, hint)
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, out)
+    except (OSError, ValueError) as exc:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        raise OutputError(f"cannot write {str(path)!r}: {_why(out, exc)}; {hint}") from None
+    return out
+
+
 def write_reports(board: pd.DataFrame, out_dir: str | os.PathLike, overall: pd.DataFrame | None = None,
-                  formats: tuple[str, ...] = FORMATS, **html_kw: Any) -> dict[str, Path]:
-    """Write leaderboard.{md,html,tex,csv,json} into out_dir (each file replaced atomically)."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+                  formats: tuple[str, ...] = FORMATS, *, hint: str = "choose a writable directory", **html_kw: Any) -> dict[str, Path]:
+    """Write leaderboard.{md,html,tex,csv,json} into out_dir (created if missing; each file replaced atomically).
+
+    A board without rows is written too: each text report says why (`no_rows_note` of `html_kw["runs"]`),
+    the CSV holds no rows and the JSON is `[]`. OutputError (one line naming the path, the reason and
+    `hint`) when out_dir cannot be written.
+    """
+    out = prepare_output_dir(out_dir, hint)
     ext = {"md": "md", "html": "html", "latex": "tex", "csv": "csv", "json": "json"}
     written = {}
     for fmt in formats:
-        path = out / f"leaderboard.{ext[fmt]}"
-        tmp = path.with_suffix(path.suffix + ".tmp")
-        tmp.write_text(render(board, fmt, overall, **html_kw), encoding="utf-8")
-        os.replace(tmp, path)
-        written[fmt] = path
+        written[fmt] = write_text_atomic(out / f"leaderboard.{ext[fmt]}", render(board, fmt, overall, **html_kw), hint)
     return written
 
 

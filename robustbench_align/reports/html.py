@@ -35,7 +35,7 @@ from typing import Any, cast
 
 import pandas as pd
 
-from .export import COLUMN_DEFINITIONS, display_frame
+from .export import COLUMN_DEFINITIONS, display_frame, no_rows_note
 
 TEXT_COLS = {"model", "family", "attacks", "flags", "threat", "dataset", "path", "certifier", "tied_with"}
 LIST_COLS = {"attacks", "flags", "certifier", "tied_with"}  # comma-joined lists: one line, cut with an ellipsis, full text on hover
@@ -298,7 +298,10 @@ def _alignment_figures(points: pd.DataFrame, board: pd.DataFrame) -> tuple[list[
 
 def render_html(board: pd.DataFrame, overall: pd.DataFrame | None = None, *, points: pd.DataFrame | None = None,
                 runs: pd.DataFrame | None = None, title: str = "robustbench-align leaderboard", plots: bool = True) -> str:
-    """The page as a string; every model/dataset/column name is escaped by Jinja2's autoescape."""
+    """The page as a string; every model/dataset/column name is escaped by Jinja2's autoescape.
+
+    A board without rows gives a page whose note says why (`no_rows_note(runs)`, with the failure reasons).
+    """
     from . import plots as P
 
     defs, other = _definitions()
@@ -317,11 +320,15 @@ def render_html(board: pd.DataFrame, overall: pd.DataFrame | None = None, *, poi
                          "uncertified": [m for m in fig.models if m not in fig.certified] if fig else []})
     per_threat, paired = _alignment_figures(cast("pd.DataFrame", points), board) if have_points else ([], [])
     tmpl = _env().get_template("leaderboard.html.j2")
+    note = ("Accuracies in %; radii in the threat model's norm on standardised features. Empirical (attack) and certified "
+            "numbers side by side, with 95% intervals in brackets where the board has them (under an accuracy, a thin bar "
+            "marks its interval on the 0–100 % scale); columns are defined below and in the README.")
+    if not sections:
+        sentence, reasons = no_rows_note(runs)
+        note = " ".join([sentence, *(f"Failure: {r}." for r in reasons)])
     return tmpl.render(
         title=title,
-        note="Accuracies in %; radii in the threat model's norm on standardised features. Empirical (attack) and certified "
-             "numbers side by side, with 95% intervals in brackets where the board has them (under an accuracy, a thin bar "
-             "marks its interval on the 0–100 % scale); columns are defined below and in the README.",
+        note=note,
         definitions=COLUMN_DEFINITIONS, other_definitions=other, def_ids=def_ids,
         generated=_dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         overall=_table(overall, defs, def_ids, all_compact=True) if overall is not None and not overall.empty else None,

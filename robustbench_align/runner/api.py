@@ -5,12 +5,43 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError, Interrupted, RBAError
-from .config import DEFAULT_POINTS, Plan
+from .config import DEFAULT_CHUNK_POINTS, DEFAULT_POINTS, Plan
 from .job import Job, run_job
 from .store import RunRecord, Store, exclusive
+
+
+def _points_bar(total: int, enabled: bool) -> Any:
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc="points", unit="pt", disable=not enabled or total == 0, leave=False)
+
+
+def _raise_if_all_failed(records: list[RunRecord], job: Job, dataset: str) -> None:
+    bad = [r for r in records if r.run.get("status") != "ok"]
+    if bad and len(bad) == len(records):
+        raise RBAError(f"evaluation of {job.model!r} on {dataset!r} failed: {bad[0].run.get('error')}")
+
+
+def summarize_runs_records(records: list[RunRecord]) -> Any:
+    """Leaderboard-style rows for freshly computed records."""
+    from ..reports.tables import summarize_runs
+
+    return summarize_runs(records)
+
+
+def _summary(runs: Any, pts: Any) -> Any:
+    """Leaderboard-style rows (without rank) for the runs read back from a store."""
+    import pandas as pd
+
+    from ..reports.tables import leaderboard_from_frames
+
+    if runs.empty or pts.empty:
+        return pd.DataFrame()
+    return leaderboard_from_frames(runs, pts).drop(columns=["rank"], errors="ignore")
 
 
 def run_plan(plan: Plan, store_path: str | os.PathLike, *, cache_dir: str | None = None, workers: int = 1,
@@ -29,8 +60,14 @@ def run_plan(plan: Plan, store_path: str | os.PathLike, *, cache_dir: str | None
         connect_dask(dask_address).close()
     with exclusive(store_path, wait=wait), Store(store_path) as store:
         done = store.finished(include_failed=not retry_failed)
+        partial = store.stored_chunks(include_failed=not retry_failed)
         jobs = plan.jobs(cache_dir)
-        todo = [j for j in jobs if not set(j.run_ids().values()) <= done]
+
+        def pending(j: Job) -> bool:
+            ids = set(j.run_ids().values())
+            return not ids <= done and not (j.n_chunks > 1 and all(j.chunk in partial.get(r, ()) for r in ids))
+
+        todo = [j for j in jobs if pending(j)]
         skipped = len(jobs) - len(todo)
         written = 0
         failed = 0
@@ -51,44 +88,100 @@ def run_plan(plan: Plan, store_path: str | os.PathLike, *, cache_dir: str | None
 
 def evaluate(model: Any, dataset: str, *, threats: Iterable[str] = ("linf", "l2"), points: int = DEFAULT_POINTS, seed: int = 0,
              name: str | None = None, store: str | os.PathLike | None = None, attack_time_limit: float = 300.0,
-             dataset_params: dict[str, Any] | None = None, certify: Any = "auto") -> Any:
+             dataset_params: dict[str, Any] | None = None, certify: Any = "auto", chunk_points: int = DEFAULT_CHUNK_POINTS,
+             wait: bool = False, progress: bool = False, model_params: dict[str, Any] | None = None,
+             attack_effort: str = "default") -> Any:
     """Evaluate one model (a registry name, or any object `wrap` accepts) on one dataset.
 
     Returns a pandas DataFrame with one row per threat model (clean accuracy, robust accuracy at the
     eps grid, median radius, AUC, alignment means, and the certified columns). `certify`: "auto"
     (default), a certifier name or "none" (see `minimal_radius`); `attack_time_limit` is a safety net
     in seconds per point, the exact attacks stop on deterministic work budgets. With `store`, the runs are also written there so
-    the model appears in the same leaderboard as the registry.
+    the model appears in the same leaderboard as the registry; the store is locked before anything
+    is computed (busy: StoreError, or wait for it with `wait=True`).
+
+    `attack_effort` is "fast", "default" or "full" (as in a plan). `model_params` override a
+    registry model's parameters (as a plan's `[model_params.<name>]` does).
+    `points` > `chunk_points` (0 = every test point) evaluates the sample in chunks of
+    `chunk_points` points, each stored as it finishes: memory is bounded by the chunk, a rerun into
+    the same store resumes after the last stored chunk, and `progress` shows points done and the ETA.
     """
+    import contextlib
+    import tempfile
+
     from ..certify.api import check_method
+    from ..data.registry import load_dataset
     from ..models.base import wrap
-    from ..reports.tables import summarize_runs
 
     method = check_method(certify)
-    if isinstance(model, str):
-        job = Job(model=model, dataset=dataset, seed=seed, threats=list(threats), points=points,
-                  attack_time_limit=attack_time_limit, dataset_params=dict(dataset_params or {}), certify=method)
-        records = run_job(job)
-    else:
-        m = wrap(model, name=name)
-        from ..data.registry import load_dataset
+    from ..attacks.registry import EFFORTS
 
-        d = load_dataset(dataset, seed=seed, **dict(dataset_params or {})).n_features
-        if m.n_features != d:  # refuse before anything runs or is written
-            raise ConfigError(f"model {getattr(m, 'name', 'model')!r} expects {m.n_features} features but dataset {dataset!r} has {d}; "
+    if attack_effort not in EFFORTS:
+        raise ConfigError(f"attack_effort must be one of {', '.join(EFFORTS)}, got {attack_effort!r}")
+    cp: Any = chunk_points  # Any: a Python caller is not type-checked at run time
+    if isinstance(cp, bool) or not isinstance(cp, int) or cp < 0:
+        raise ConfigError(f"chunk_points must be an integer >= 0 (0 = no chunks), got {chunk_points!r}")
+    ds = load_dataset(dataset, seed=seed, **dict(dataset_params or {}))
+    common: dict[str, Any] = {"dataset": dataset, "seed": seed, "threats": list(threats), "points": points, "attack_time_limit": attack_time_limit,
+              "dataset_params": dict(dataset_params or {}), "certify": method, "chunk_size": chunk_points,
+                              "attack_effort": attack_effort}
+    model_obj = None
+    if isinstance(model, str):
+        job = Job(model=model, model_params=dict(model_params or {}), **common)
+    else:
+        if model_params:
+            raise ConfigError("model_params apply to registry models only; configure your own model before passing it")
+        m = wrap(model, name=name)
+        if m.n_features != ds.n_features:  # refuse before anything runs or is written
+            raise ConfigError(f"model {getattr(m, 'name', 'model')!r} expects {m.n_features} features but dataset {dataset!r} has {ds.n_features}; "
                               "evaluate it on data with the columns it was trained on")
         label = name or getattr(m, "name", None) or "user-model"
         m.name = label
-        job = Job(model=label, dataset=dataset, seed=seed, threats=list(threats), points=points, attack_time_limit=attack_time_limit,
-                  dataset_params=dict(dataset_params or {}), model_params={"user_model": label}, model_family="user", certify=method)
-        records = run_job(job, model_obj=m)
-    bad = [r for r in records if r.run.get("status") != "ok"]
-    if bad and len(bad) == len(records):
-        raise RBAError(f"evaluation of {job.model!r} on {dataset!r} failed: {bad[0].run.get('error')}")
-    if store is not None:
-        with exclusive(store), Store(store) as st:
-            st.write(records)
-    return summarize_runs(records)
+        model_obj = m
+        job = Job(model=label, model_params={"user_model": label}, model_family="user", **common)
+    chunks = job.chunks(int(ds.X_test.shape[0]))
+    del ds
+    if store is None and len(chunks) == 1:
+        recs = run_job(chunks[0], model_obj=model_obj)
+        _raise_if_all_failed(recs, job, dataset)
+        return summarize_runs_records(recs)
+    with contextlib.ExitStack() as stack:
+        if store is None:  # chunks go through a scratch store: the same assembly, bounded memory
+            store = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="rba-eval-"))) / "scratch.sqlite"
+        stack.enter_context(exclusive(store, wait=wait))
+        st = stack.enter_context(Store(store))
+        run_ids = sorted(set(chunks[0].run_ids().values()))
+        partial = st.stored_chunks()  # an interrupted evaluation resumes after its stored chunks; finished runs are recomputed
+        todo = [c for c in chunks if not (c.n_chunks > 1 and all(c.chunk in partial.get(r, ()) for r in run_ids))]
+        bar = _points_bar(sum(c.n_points() for c in chunks), progress and len(chunks) > 1)
+        bar.update(sum(c.n_points() for c in chunks) - sum(c.n_points() for c in todo))
+        records: list[RunRecord] = []
+        fitted: list[Any] = []
+        stored = len(chunks) - len(todo)
+        try:
+            for c in todo:
+                recs = run_job(c, model_obj=model_obj, on_model=fitted.append if model_obj is None else None)
+                if model_obj is None and fitted and c.n_chunks > 1:  # fit once: the later chunks reuse the fitted model
+                    model_obj = fitted[0]
+                st.write(recs)
+                stored += 1
+                if c.n_chunks == 1:
+                    records = recs
+                bar.update(c.n_points())
+        except KeyboardInterrupt as exc:
+            raise Interrupted(stored, getattr(exc, "signum", 2), "chunks") from None
+        finally:
+            bar.close()
+        runs = st.runs()
+        runs = runs[runs["run_id"].isin(run_ids)]
+        pts = st.points(run_ids)
+    if len(chunks) == 1:
+        _raise_if_all_failed(records, job, dataset)
+        return summarize_runs_records(records)
+    if runs.empty or (runs["status"] != "ok").all():
+        err = runs["error"].iloc[0] if not runs.empty else "no run was stored"
+        raise RBAError(f"evaluation of {job.model!r} on {dataset!r} failed: {err}")
+    return _summary(runs, pts)
 
 
 __all__ = ["evaluate", "run_plan"]

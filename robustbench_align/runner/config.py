@@ -23,6 +23,9 @@ DEFAULT_THREATS = ["linf", "l2"]
 # iterations dominate), so points narrow the intervals far more cheaply than seeds; exact tree attacks
 # cost per point. The cold default run stays within 10 minutes on 2 cores.
 DEFAULT_POINTS = 50
+# Points per chunk job: a cell with a larger sample is evaluated (and stored, and resumed) chunk by
+# chunk, so memory is bounded by the chunk, not by the test set.
+DEFAULT_CHUNK_POINTS = 500
 
 
 def _default_models() -> list[str]:
@@ -46,20 +49,36 @@ class Plan:
     certify: str = "auto"
     model_params: dict[str, dict[str, Any]] = field(default_factory=dict)
     dataset_params: dict[str, dict[str, Any]] = field(default_factory=dict)
+    chunk_points: int = DEFAULT_CHUNK_POINTS
 
     def jobs(self, cache_dir: str | None) -> list[Job]:
-        """One Job per (seed, dataset, model) cell, in that nesting order."""
-        return [
-            Job(
-                model=m, dataset=d, seed=s, threats=list(self.threats), points=self.points,
-                attack_time_limit=self.attack_time_limit, attack_effort=self.attack_effort, certify=self.certify,
-                model_params=dict(self.model_params.get(m, {})), dataset_params=dict(self.dataset_params.get(d, {})),
-                cache_dir=cache_dir,
-            )
-            for s in self.seeds
-            for d in self.datasets
-            for m in self.models
-        ]
+        """One Job per (seed, dataset, model) cell, in that nesting order; a cell whose sample exceeds
+        `chunk_points` becomes one job per chunk (the dataset is loaded to count its test points)."""
+        n_test: dict[tuple[str, int], int] = {}
+
+        def test_points(d: str, s: int) -> int:
+            if (d, s) not in n_test:
+                from ..data.registry import load_dataset
+
+                try:
+                    n_test[(d, s)] = int(load_dataset(d, seed=s, **self.dataset_params.get(d, {})).X_test.shape[0])
+                except RBAError:  # the job records the failure itself
+                    n_test[(d, s)] = 0
+            return n_test[(d, s)]
+
+        out: list[Job] = []
+        for s in self.seeds:
+            for d in self.datasets:
+                for m in self.models:
+                    job = Job(
+                        model=m, dataset=d, seed=s, threats=list(self.threats), points=self.points,
+                        attack_time_limit=self.attack_time_limit, attack_effort=self.attack_effort, certify=self.certify,
+                        model_params=dict(self.model_params.get(m, {})), dataset_params=dict(self.dataset_params.get(d, {})),
+                        cache_dir=cache_dir, chunk_size=self.chunk_points,
+                    )
+                    small = 0 < self.points <= self.chunk_points or self.chunk_points <= 0
+                    out.extend([job] if small else job.chunks(test_points(d, s)))
+        return out
 
     def validate(self) -> Plan:
         """Check every entry before anything runs; ConfigError (one line) naming the first bad value."""
@@ -94,6 +113,9 @@ class Plan:
         points: Any = self.points
         if isinstance(points, bool) or not isinstance(points, int) or points < 0:
             raise ConfigError(f"plan: points must be an integer >= 0 (0 = every test point), got {points!r}")
+        chunk: Any = self.chunk_points
+        if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 0:
+            raise ConfigError(f"plan: chunk_points must be an integer >= 0 (points per chunk job; 0 = no chunks), got {chunk!r}")
         t: Any = self.attack_time_limit
         if isinstance(t, bool) or not isinstance(t, (int, float)) or not math.isfinite(t) or t <= 0:
             raise ConfigError(f"plan: attack_time_limit must be a finite number of seconds > 0, got {t!r}")
@@ -120,7 +142,7 @@ class Plan:
 _PLAN_TYPES: dict[str, Any] = {
     "models": (list, str), "datasets": (list, str), "threats": (list, str), "seeds": (list, int),
     "points": int, "attack_time_limit": (int, float), "attack_effort": str, "certify": (str, bool),
-    "model_params": dict, "dataset_params": dict,
+    "model_params": dict, "dataset_params": dict, "chunk_points": int,
 }
 
 
@@ -180,4 +202,4 @@ def load_plan(path: str | os.PathLike | None = None, *, quick: bool = False, ful
     return plan.validate()
 
 
-__all__ = ["DEFAULT_DATASETS", "DEFAULT_POINTS", "DEFAULT_THREATS", "SEED_MAX", "Plan", "load_plan", "plan_from_dict"]
+__all__ = ["DEFAULT_CHUNK_POINTS", "DEFAULT_DATASETS", "DEFAULT_POINTS", "DEFAULT_THREATS", "SEED_MAX", "Plan", "load_plan", "plan_from_dict"]

@@ -2,14 +2,21 @@
 
 Jobs are independent and return records; `on_result` (the driver, the only store writer) is called
 in the driver process as each job finishes, so a killed run keeps everything finished before it.
+A SIGINT/SIGTERM that arrives while `on_result` runs is handled once it returns, so every result
+is stored whole or not at all. Local pool workers ignore SIGINT (a terminal's Ctrl-C reaches the
+whole process group; only the driver reacts, and stops the pool) and, on Linux, are killed when
+the driver dies, even by SIGKILL.
 """
 from __future__ import annotations
 
 import contextlib
 import logging
 import os
+import signal
+import sys
+import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from ..errors import ConfigError, RBAError, first_line
@@ -17,19 +24,180 @@ from .store import RunRecord
 
 log = logging.getLogger(__name__)
 
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
-def _init_worker() -> None:
+
+def _limit_threads() -> None:
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     import torch
 
     torch.set_num_threads(1)
 
 
+def _die_with_parent(parent: int) -> None:
+    """Have the kernel SIGKILL this process when `parent` dies (Linux; elsewhere only the check below),
+    and exit now when `parent` already died before that was set (this process was re-parented)."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            if libc.prctl(ctypes.c_int(_PR_SET_PDEATHSIG), ctypes.c_ulong(signal.SIGKILL), ctypes.c_ulong(0),
+                          ctypes.c_ulong(0), ctypes.c_ulong(0)) != 0:
+                log.debug("prctl(PR_SET_PDEATHSIG) failed: %s", os.strerror(ctypes.get_errno()))
+        except (OSError, AttributeError):  # no libc prctl (e.g. a static or non-glibc build)
+            log.debug("prctl is not available; pool workers outlive a killed driver")
+    if os.getppid() != parent:
+        os._exit(1)
+
+
+def _init_worker(parent: int | None = None) -> None:
+    """Set up a worker process: one torch/OpenMP thread.
+
+    With `parent` (the driver's pid; local pool workers): also ignore SIGINT, so a terminal's
+    Ctrl-C stops only the driver, and die with the driver (see `_die_with_parent`).
+    """
+    if parent is not None:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        with contextlib.suppress(AttributeError, OSError):  # started with SIGINT blocked by the driver
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+        _die_with_parent(parent)
+    _limit_threads()
+
+
 def _job_entry(job: Any) -> list[RunRecord]:
     from .job import run_job
 
-    _init_worker()
+    _limit_threads()
     return run_job(job)
+
+
+def _in_main_thread() -> bool:
+    return threading.current_thread() is threading.main_thread()
+
+
+@contextlib.contextmanager
+def _signals_deferred(*, replay: bool = True) -> Iterator[None]:
+    """Hold back SIGINT and SIGTERM (their Python handlers) inside the block; on leaving, run the handler of
+    the first one that arrived (replay=True) or drop them (replay=False). A no-op outside the main thread."""
+    if not _in_main_thread():
+        yield
+        return
+    caught: list[tuple[int, Any]] = []
+    saved: dict[int, Any] = {}
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        handler = signal.getsignal(sig)
+        if callable(handler):
+            saved[sig] = handler
+            signal.signal(sig, lambda signum, frame: caught.append((signum, frame)))
+    try:
+        yield
+    finally:
+        for signum, handler in saved.items():
+            signal.signal(signum, handler)
+        if replay and caught:
+            signum, frame = caught[0]
+            saved[signum](signum, frame)
+
+
+@contextlib.contextmanager
+def _interrupt_watch() -> Iterator[Callable[[], None]]:
+    """Remember every SIGINT/SIGTERM that reaches its Python handler inside the block (main thread only); yields
+    `check`, which raises that handler's exception again when one arrived.
+
+    A handler's KeyboardInterrupt raised inside a C library's callback (xgboost's data iterator, a ctypes
+    callback) is swallowed and only reported as "Exception ignored"; `check` after each job makes such an
+    interrupt stop the run all the same, and such reports of a KeyboardInterrupt are silenced meanwhile.
+    """
+    if not _in_main_thread():
+        yield lambda: None
+        return
+    seen: list[tuple[int, Any]] = []
+    saved: dict[int, Any] = {}
+
+    def watching(handler: Any) -> Callable[[int, Any], None]:
+        def remember(signum: int, frame: Any) -> None:
+            seen.append((signum, frame))
+            handler(signum, frame)
+        return remember
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        handler = signal.getsignal(sig)
+        if callable(handler):
+            saved[sig] = handler
+            signal.signal(sig, watching(handler))
+    hook = sys.unraisablehook
+
+    def unraisable(info: Any) -> None:
+        if not (isinstance(info.exc_type, type) and issubclass(info.exc_type, KeyboardInterrupt)):
+            hook(info)
+
+    def check() -> None:
+        if seen:
+            signum, frame = seen[0]
+            seen.clear()
+            saved[signum](signum, frame)
+
+    sys.unraisablehook = unraisable
+    try:
+        yield check
+    finally:
+        sys.unraisablehook = hook
+        for signum, handler in saved.items():
+            signal.signal(signum, handler)
+
+
+@contextlib.contextmanager
+def _sigint_blocked() -> Iterator[None]:
+    """Block SIGINT in this thread inside the block, so processes started in it begin with SIGINT blocked
+    (until their initializer ignores it); a SIGINT that arrives meanwhile is delivered on leaving."""
+    if not _in_main_thread() or not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
+def _pool_processes(pool: Any) -> list[Any]:
+    """The worker processes of a ProcessPoolExecutor (its private `_processes` map; empty once it is shut down)."""
+    return list((getattr(pool, "_processes", None) or {}).values())
+
+
+def _how_workers_died(processes: Sequence[Any]) -> str:
+    """How the dead ones of `processes` ended, e.g. "killed by SIGKILL, as the kernel does when memory runs out"."""
+    codes = sorted({p.exitcode for p in processes if p.exitcode not in (None, 0)})
+    if len(codes) > 1:  # the pool SIGTERMs the other workers once one died
+        codes = [c for c in codes if c != -signal.SIGTERM]
+    if not codes:
+        return "it ended without a result"
+    how = []
+    for code in codes:
+        try:
+            how.append(f"killed by {signal.Signals(-code).name}" if code < 0 else f"exit code {code}")
+        except ValueError:
+            how.append(f"killed by signal {-code}")
+    oom = ", as the kernel does when memory runs out" if -signal.SIGKILL in codes else ""
+    return ", ".join(how) + oom
+
+
+def _stop_pool(pool: Any, started: Sequence[Any]) -> None:
+    """Stop a process pool at once: cancel its pending jobs and terminate its workers (SIGKILL after 2 s)."""
+    with _signals_deferred(replay=False):  # a second Ctrl-C must not cut the clean-up short
+        processes = list({id(p): p for p in [*started, *_pool_processes(pool)]}.values())
+        pool.shutdown(wait=False, cancel_futures=True)
+        for proc in processes:
+            with contextlib.suppress(Exception):
+                proc.terminate()
+        deadline = time.monotonic() + 2.0
+        for proc in processes:
+            with contextlib.suppress(Exception):
+                proc.join(max(0.0, deadline - time.monotonic()))
+                if proc.is_alive():
+                    proc.kill()
+                    proc.join(1.0)
 
 
 def _progress(total: int, enabled: bool) -> Any:
@@ -52,35 +220,67 @@ def usable_cores() -> int:
 
 def execute(jobs: Sequence[Any], on_result: Callable[[list[RunRecord]], None], *, workers: int = 1,
             dask_address: str | None = None, progress: bool = True) -> None:
-    """Run `jobs`, calling `on_result(records)` in this process for each finished job."""
+    """Run `jobs`, calling `on_result(records)` in this process for each finished job.
+
+    A KeyboardInterrupt (SIGINT, or SIGTERM through the CLI's handler) propagates once the result being
+    handed over is stored, also when a library swallowed it inside a job (that job's result is then
+    dropped); with workers > 1 the pool is stopped first (pending jobs cancelled, workers terminated).
+    A worker process that dies abruptly (e.g. killed by the OOM killer) stops the run with RBAError.
+    """
     if not jobs:
         return
-    if dask_address:
-        _execute_dask(jobs, on_result, dask_address, progress)
-        return
-    if workers < 1:
+    if workers < 1 and not dask_address:
         raise ConfigError(f"--workers must be >= 1, got {workers}")
-    bar = _progress(len(jobs), progress)
-    try:
-        if workers == 1:
-            from .job import run_job
-
-            for job in jobs:
-                bar.set_postfix_str(f"{job.model} / {job.dataset}", refresh=False)
-                on_result(run_job(job))
-                bar.update()
+    with _interrupt_watch() as check:
+        if dask_address:
+            _execute_dask(jobs, on_result, dask_address, progress)
             return
-        import multiprocessing as mp
-        from concurrent.futures import ProcessPoolExecutor, as_completed
+        bar = _progress(len(jobs), progress)
+        try:
+            if workers == 1:
+                from .job import run_job
 
-        ctx = mp.get_context("spawn")
-        with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_init_worker) as pool:
+                for job in jobs:
+                    bar.set_postfix_str(f"{job.model} / {job.dataset}", refresh=False)
+                    records = run_job(job)
+                    check()
+                    with _signals_deferred():
+                        on_result(records)
+                    bar.update()
+                return
+            _execute_pool(jobs, on_result, workers, bar, check)
+        finally:
+            bar.close()
+
+
+def _execute_pool(jobs: Sequence[Any], on_result: Callable[[list[RunRecord]], None], workers: int, bar: Any,
+                  check: Callable[[], None]) -> None:
+    """Run `jobs` on `workers` spawned processes; on any exception (KeyboardInterrupt included) stop the pool at once."""
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+    from concurrent.futures.process import BrokenProcessPool
+
+    ctx = mp.get_context("spawn")
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_init_worker, initargs=(os.getpid(),))
+    processes: list[Any] = []
+    try:
+        with _sigint_blocked():  # the workers start here and inherit the mask: none can die of an early Ctrl-C
             futures = {pool.submit(_job_entry, job): job for job in jobs}
-            for fut in as_completed(futures):
-                on_result(fut.result())
-                bar.update()
-    finally:
-        bar.close()
+            processes = _pool_processes(pool)
+        for fut in as_completed(futures):
+            try:
+                records = fut.result()
+            except BrokenProcessPool:
+                raise RBAError(f"a worker process died abruptly ({_how_workers_died(processes)}); the cells finished before "
+                               "are in the store; rerun (with fewer --workers if memory ran out) to resume") from None
+            check()
+            with _signals_deferred():
+                on_result(records)
+            bar.update()
+    except BaseException:
+        _stop_pool(pool, processes)
+        raise
+    pool.shutdown(wait=True)
 
 
 def connect_dask(address: str) -> Any:
@@ -246,7 +446,8 @@ def _execute_dask(jobs: Sequence[Any], on_result: Callable[[list[RunRecord]], No
                         continue
                     except (CancelledError, asyncio.CancelledError):
                         raise lost() from None
-                    on_result(records)
+                    with _signals_deferred():
+                        on_result(records)
                     finished += 1
                     bar.set_postfix_str(f"{job.model} / {job.dataset}", refresh=False)
                     bar.update()

@@ -4,6 +4,11 @@ fit (or load the cached fit) → predict the fixed sample of test points → com
 metrics once (one Jacobian pass) → run every threat model; each threat model yields one run
 (one `runs` row and one `points` row per point). Jobs are pure: they return records and never
 touch the store, so they can run in any process or on a Dask worker.
+
+A cell with more sampled points than its `chunk_size` is split into chunk jobs (`Job.chunks`), each
+evaluating one contiguous slice of the sample; their records carry the chunk number and the store
+assembles the run when the last chunk arrives, so memory is bounded by the chunk and an
+interrupted cell resumes after its last stored chunk.
 """
 from __future__ import annotations
 
@@ -44,6 +49,10 @@ class Job:
     dataset_params: dict[str, Any] = field(default_factory=dict)
     cache_dir: str | None = None
     model_family: str | None = None  # for user models (not from the registry)
+    chunk_size: int = 0  # points per chunk job (0 = the whole sample in one job)
+    chunk: int = 0  # which slice of the sample this job evaluates
+    n_chunks: int = 1  # slices of the sample; 1 = not chunked (the run's config then has no chunk key)
+    sample_size: int | None = None  # the sample's size when the chunks were planned (set by `chunks`)
 
     def run_id(self, threat: str, resolved_params: dict[str, Any] | None = None) -> str:
         """The store key of this cell under `threat`: a hash of everything that determines the result."""
@@ -51,13 +60,44 @@ class Job:
         return hashlib.sha256(json.dumps(cfg, sort_keys=True, default=str).encode()).hexdigest()[:20]
 
     def config(self, threat: str, resolved_params: dict[str, Any] | None = None) -> dict[str, Any]:
-        """The run's configuration as recorded in the store (and hashed into its run_id)."""
-        return {
+        """The run's configuration as recorded in the store (and hashed into its run_id).
+
+        A chunked run records its chunk size: attacks draw their random starts per batch, so the
+        same points in other batches are another (equally valid) run.
+        """
+        cfg = {
             "protocol": PROTOCOL_VERSION, "model": self.model, "model_params": resolved_params if resolved_params is not None else self.model_params,
             "dataset": self.dataset, "dataset_params": self.dataset_params, "seed": self.seed, "threat": threat,
             "points": self.points, "attack_time_limit": self.attack_time_limit, "attack_effort": self.attack_effort,
             "certify": self.certify,
         }
+        if self.n_chunks > 1:
+            cfg["chunk_points"] = self.chunk_size
+        return cfg
+
+    def chunks(self, n_test: int) -> list[Job]:
+        """This cell as chunk jobs over a test set of `n_test` points (itself when one chunk holds the sample)."""
+        from dataclasses import replace
+
+        n = int(sample_points(n_test, self.points, self.seed).size)
+        if self.chunk_size <= 0 or n <= self.chunk_size:
+            return [replace(self, chunk=0, n_chunks=1, sample_size=n)]
+        k = -(-n // self.chunk_size)
+        return [replace(self, chunk=c, n_chunks=k, sample_size=n) for c in range(k)]
+
+    def n_points(self) -> int:
+        """Points this job evaluates (its chunk's share of the planned sample; the plan's `points` if unplanned)."""
+        if self.sample_size is None:
+            return self.points
+        part = self.slice(self.sample_size)
+        return part.stop - part.start
+
+    def slice(self, n: int) -> slice:
+        """The positions of this job's points within the sample of `n` points."""
+        if self.n_chunks <= 1:
+            return slice(0, n)
+        a = self.chunk * self.chunk_size
+        return slice(a, min(a + self.chunk_size, n))
 
     def run_ids(self) -> dict[str, str]:
         """run_id per threat model; registry models hash their full resolved parameters."""
@@ -90,8 +130,11 @@ def sample_points(n_test: int, points: int, seed: int) -> np.ndarray:
     return np.sort(idx if points <= 0 else idx[: min(points, n_test)])
 
 
-def run_job(job: Job, model_obj: Any = None) -> list[RunRecord]:
-    """Evaluate one cell; never raises for model/attack failures: a failed run is recorded with its reason."""
+def run_job(job: Job, model_obj: Any = None, on_model: Any = None) -> list[RunRecord]:
+    """Evaluate one cell (or chunk); never raises for model/attack failures: a failed run is recorded with its reason.
+
+    `on_model(model)`, if given, receives the fitted model (so chunks of one cell can share one fit).
+    """
     import torch
 
     torch.set_num_threads(1)
@@ -112,7 +155,7 @@ def run_job(job: Job, model_obj: Any = None) -> list[RunRecord]:
         return RunRecord(
             run={**base_run, "run_id": run_ids[threat], "threat": threat, "norm": norm, "status": "failed", "error": msg[:500],
                  "config": job.config(threat), "fit_time": fit_time, "family": job.model_family},
-            points=[],
+            points=[], chunk=job.chunk, n_chunks=job.n_chunks,
         )
 
     try:
@@ -124,12 +167,20 @@ def run_job(job: Job, model_obj: Any = None) -> list[RunRecord]:
             if model.n_features != ds.n_features:
                 raise ConfigError(f"model {job.model!r} expects {model.n_features} features but dataset {job.dataset!r} has {ds.n_features}")
         family = job.model_family or getattr(model, "family", None)
+        if on_model is not None:
+            on_model(model)
     except Exception as exc:  # noqa: BLE001 - recorded, the plan goes on
         msg = f"{type(exc).__name__}: {exc}"
         log.warning("fit failed for %s on %s: %s", job.model, job.dataset, msg)
         return [failed(t, f"fit: {msg}") for t in job.threats]
 
-    idx = sample_points(ds.X_test.shape[0], job.points, job.seed)
+    sample = sample_points(ds.X_test.shape[0], job.points, job.seed)
+    if job.n_chunks > 1 and sample.size != job.sample_size:  # the data changed between planning and running
+        msg = (f"dataset {job.dataset!r} gives a sample of {sample.size} test points, the chunks were planned for {job.sample_size}; "
+               "rerun to plan again")
+        return [failed(t, msg, fit_time) for t in job.threats]
+    part = job.slice(sample.size)
+    idx = sample[part]
     X, y = ds.X_test[idx], ds.y_test[idx]
     t_eval0 = time.perf_counter()
     pred = model.predict(X)
@@ -140,7 +191,7 @@ def run_job(job: Job, model_obj: Any = None) -> list[RunRecord]:
     for threat in job.threats:
         t0 = time.perf_counter()
         try:
-            rec = _run_threat(job, threat, model, X, y, pred, idx, metric_cols)
+            rec = _run_threat(job, threat, model, X, y, pred, idx, metric_cols, offset=part.start)
         except Exception as exc:  # noqa: BLE001
             msg = f"{type(exc).__name__}: {exc}"
             log.warning("%s on %s (%s) failed: %s\n%s", job.model, job.dataset, threat, msg, traceback.format_exc(limit=3))
@@ -152,6 +203,7 @@ def run_job(job: Job, model_obj: Any = None) -> list[RunRecord]:
             "fit_time": fit_time, "eval_time": time.perf_counter() - t0 + align_time, "fit_cached": int(bool(cached)),
             "clean_accuracy": float((pred == y).mean()) if y.size else None, "n_points": int(y.size),
         })
+        rec.chunk, rec.n_chunks = job.chunk, job.n_chunks
         records.append(rec)
     return records
 
@@ -176,8 +228,11 @@ def _point_metrics(model: Any, X: np.ndarray, y: np.ndarray) -> dict[str, np.nda
 
 
 def _run_threat(job: Job, threat: str, model: Any, X: np.ndarray, y: np.ndarray, pred: np.ndarray, idx: np.ndarray,
-                metric_cols: dict[str, np.ndarray]) -> RunRecord:
-    """One threat model on the cell's points: radii (minimal) or per-eps robustness (fixed-eps), one row per point."""
+                metric_cols: dict[str, np.ndarray], offset: int = 0) -> RunRecord:
+    """One threat model on the cell's points: radii (minimal) or per-eps robustness (fixed-eps), one row per point.
+
+    Point i of the job is point `offset + i` of the run's sample (the chunk's start).
+    """
     from ..attacks.api import fixed_eps_per_point, minimal_radius
     from ..attacks.registry import default_eps_grid, get_threat_model
 
@@ -215,7 +270,7 @@ def _run_threat(job: Job, threat: str, model: Any, X: np.ndarray, y: np.ndarray,
     metrics = {m.name: metric_cols.get(m.column(tm.norm), np.full(n, np.nan)) for m in STORED_METRICS}
     points = []
     for i in range(n):
-        row = {"idx": i, "test_index": int(idx[i]), "y": int(y[i]), "pred": int(pred[i]), "correct": int(pred[i] == y[i]),
+        row = {"idx": offset + i, "test_index": int(idx[i]), "y": int(y[i]), "pred": int(pred[i]), "correct": int(pred[i] == y[i]),
                "radius": radius[i], "lower_bound": lower[i], "by_attack": by_attack[i], "robust_at": robust_at[i],
                "exact": exact[i], "cert": cert[i]}
         row.update({name: col[i] for name, col in metrics.items()})

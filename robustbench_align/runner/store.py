@@ -56,10 +56,65 @@ CREATE INDEX IF NOT EXISTS runs_by_cell ON runs (dataset, threat, model);
 
 @dataclass
 class RunRecord:
-    """A finished run and its per-point rows, as produced by a job (plain data: picklable, JSON-able)."""
+    """A finished run and its per-point rows, as produced by a job (plain data: picklable, JSON-able).
+
+    A record of a chunked run (`n_chunks` > 1) holds chunk `chunk` of it: its points and the
+    run fields measured on them; the store assembles the run when the last chunk arrives.
+    """
 
     run: dict[str, Any]
     points: list[dict[str, Any]]
+    chunk: int = 0
+    n_chunks: int = 1
+
+
+# Chunks of runs whose other chunks are still to come: the run fields and point rows (as encoded for
+# the points table, in JSON) of each stored chunk. Created on first use, so stores of every version
+# open unchanged; a run's chunks move to `runs`/`points` in the transaction that stores its last one.
+_CHUNKS_TABLE = """CREATE TABLE IF NOT EXISTS chunks (
+  run_id TEXT NOT NULL, chunk INTEGER NOT NULL, n_chunks INTEGER NOT NULL, status TEXT NOT NULL,
+  run TEXT NOT NULL, points TEXT NOT NULL, created REAL, PRIMARY KEY (run_id, chunk)
+)"""
+
+
+def _merge_chunk_runs(runs: list[dict[str, Any]], rows: list[list[Any]]) -> dict[str, Any]:
+    """One run row from its chunks' run rows (in chunk order) and all its point rows.
+
+    Failed if any chunk failed (with the first chunk's error); times and rejected counts add up;
+    attacks are the union in first-seen order; numeric flags add up, other flags keep their distinct
+    values; clean accuracy and n_points are recomputed from the point rows.
+    """
+    out = dict(runs[0])
+    bad = [r for r in runs if r.get("status") != "ok"]
+    if bad:
+        out.update({k: bad[0].get(k) for k in ("status", "error")})
+    for key in ("fit_time", "eval_time"):
+        vals = [r[key] for r in runs if isinstance(r.get(key), (int, float))]
+        out[key] = sum(vals) if vals else None
+    out["rejected"] = sum(int(r.get("rejected") or 0) for r in runs)
+    out["fit_cached"] = min((int(r["fit_cached"]) for r in runs if r.get("fit_cached") is not None), default=None)
+    attacks: list[Any] = []
+    flags: dict[str, Any] = {}
+    for r in runs:
+        for a in json.loads(r["attacks"]) if r.get("attacks") else []:
+            if a not in attacks:
+                attacks.append(a)
+        for k, v in (json.loads(r["flags"]) if r.get("flags") else {}).items():
+            old = flags.get(k)
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and isinstance(old, (int, float)) and not isinstance(old, bool):
+                flags[k] = old + v
+            elif old is None:
+                flags[k] = v
+            elif old != v and str(v) not in str(old).split("; "):
+                flags[k] = f"{old}; {v}"
+    out["attacks"] = json.dumps(attacks, sort_keys=True) if attacks or runs[0].get("attacks") is not None else None
+    out["flags"] = json.dumps(flags, sort_keys=True) if flags or runs[0].get("flags") is not None else None
+    correct = POINT_COLUMNS.index("correct")
+    out["n_points"] = len(rows)
+    if not bad:
+        out["clean_accuracy"] = sum(int(r[correct] or 0) for r in rows) / len(rows) if rows else None
+    out["created"] = time.time()
+    return out
 
 
 class RecordError(StoreError, sqlite3.IntegrityError):
@@ -111,74 +166,224 @@ def _clean(v: Any, column: str = "value", as_json: bool = False) -> Any:
     raise StoreError(f"{column}: a {type(v).__name__} cannot be stored; use numbers, text or JSON-able containers")
 
 
+def _sidecar(file: Path, suffix: str) -> Path:
+    """The file SQLite (or the lock) keeps beside `file`: suffix '-wal', '-shm' or '.lock'."""
+    return file.with_name(file.name + suffix)
+
+
+def _dir_writable(file: Path) -> bool:
+    """Whether files can be made beside `file` (False on read-only media and in unwritable directories)."""
+    return os.access(file.parent, os.W_OK | os.X_OK)
+
+
+def _writable(file: Path) -> bool:
+    """Whether a store at `file` can be written: its directory, and the file itself when it exists."""
+    return _dir_writable(file) and (not file.exists() or os.access(file, os.W_OK))
+
+
+def _log_size(wal: Path) -> int:
+    """Size of a write-ahead log file (0 when there is none)."""
+    try:
+        return wal.stat().st_size
+    except OSError:
+        return 0
+
+
+def _read_only_message(name: str, exists: bool = True) -> str:
+    """The one-line refusal to write a store (`exists`) or create one (not `exists`) where nothing can be written."""
+    if not exists:
+        return f"cannot create a result store at {name!r}: its directory is read-only; pass --store a path in a writable directory"
+    return (f"{name!r} is on a read-only location (the file or its directory cannot be written); copy the store to a "
+            "writable directory to add runs, or read it where it is with `rba leaderboard`")
+
+
+def _is_read_only(exc: BaseException) -> bool:
+    """Whether an sqlite3 error (or the one a pandas error wraps) says the database cannot be written."""
+    for e in (exc, exc.__cause__, exc.__context__):
+        if e is not None and (str(getattr(e, "sqlite_errorname", "")).startswith("SQLITE_READONLY") or "readonly database" in str(e)):
+            return True
+    return False
+
+
+def _connect_ro(file: Path, *, immutable: bool) -> sqlite3.Connection:
+    """A read-only connection to `file` (`immutable`: without locks, -wal or -shm, so nothing is created beside it)."""
+    uri = file.as_uri() + ("?mode=ro&immutable=1" if immutable else "?mode=ro")
+    return sqlite3.connect(uri, uri=True, timeout=30, isolation_level=None)
+
+
+def _open_readonly(file: Path, name: str) -> sqlite3.Connection:
+    """A read-only connection to the store `file`, also where nothing can be written (read-only media).
+
+    SQLite reads a WAL database through its -wal and -shm files, which it creates beside the file if
+    they are missing. Where they are missing and the directory is not writable, the file is opened
+    immutable, which is exact when no write-ahead log holds data (a checkpointed store, as every
+    store is after its last writer closed); a store whose log still holds data there is refused.
+    """
+    wal, shm = _sidecar(file, "-wal"), _sidecar(file, "-shm")
+    immutable = not _dir_writable(file) and not (wal.exists() and shm.exists())
+    if immutable and _log_size(wal) > 0:
+        raise StoreError(f"{name!r} has an unfinished write-ahead log ({str(wal)!r}) on a read-only location, so it cannot be "
+                         "read there; copy the store with its -wal file to a writable directory and read the copy")
+    return _connect_ro(file, immutable=immutable)
+
+
+def _inspect(file: Path, name: str) -> None:
+    """Refuse `file` (StoreError) unless it is a result store, reading it without changing anything.
+
+    A result store is an SQLite file with the `meta` table. The file is read immutable unless a
+    writer's -wal and -shm are beside it (then through them), so no journal-mode change, table, -wal
+    or -shm is ever made for a foreign database. A database without tables is refused as well: a new
+    store never is one (`_create_store` makes it whole).
+    """
+    wal, shm = _sidecar(file, "-wal"), _sidecar(file, "-shm")
+    live = wal.exists() and shm.exists()
+    try:
+        conn = _connect_ro(file, immutable=not live)
+        try:
+            tables = [str(r[0]) for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")]
+        finally:
+            conn.close()
+    except (sqlite3.Error, UnicodeDecodeError, ValueError) as exc:  # damaged header pages, undecodable names
+        raise StoreError(f"{name!r} is not a usable result store ({first_line(exc)}); point --store at another file, "
+                         "or restore it if it is a damaged store") from None
+    if "meta" in tables:
+        return
+    if tables:
+        raise StoreError(f"{name!r} is an SQLite database but not a result store (tables: {', '.join(tables)[:80]}); "
+                         "it was left unchanged: point --store at a new file")
+    if not live and _log_size(wal) > 0:
+        raise StoreError(f"{name!r} is not a result store (no tables, and an unfinished write-ahead log {str(wal)!r}); "
+                         "it was left unchanged: point --store at a new file")
+    raise StoreError(f"{name!r} is an SQLite database without tables, not a result store; it was left unchanged: "
+                     "point --store at a new file or remove it")
+
+
+def _check_file(file: Path, name: str) -> None:
+    """Refuse (StoreError) an existing `file` that is empty, not SQLite, or shorter than its header says; OSError if unreadable."""
+    size = file.stat().st_size
+    if size == 0:
+        raise StoreError(f"{name!r} is an empty file, not a result store; it was left unchanged: point --store at a new file or remove it")
+    with file.open("rb") as fh:
+        head = fh.read(100)
+    if not head.startswith(b"SQLite format 3\x00"):
+        raise StoreError(f"{name!r} is not a result store (not an SQLite file); point --store at another file")
+    page_size = int.from_bytes(head[16:18], "big")
+    page_size = 65536 if page_size == 1 else page_size
+    n_pages = int.from_bytes(head[28:32], "big")
+    if page_size and n_pages and size < page_size * n_pages and not _sidecar(file, "-wal").exists():
+        raise StoreError(f"{name!r} is truncated ({size} bytes, header says {page_size * n_pages}); restore it or delete it and re-run")
+
+
+def _create_store(file: Path) -> None:
+    """Create an empty store (schema, WAL mode) at `file` whole: built beside it under a temporary name, then linked in.
+
+    A process killed meanwhile leaves no half-made store at `file` (at most a '.<name>.<pid>.<hex>.new'
+    file beside it). If another process created `file` first, that file is kept.
+    """
+    tmp = file.with_name(f".{file.name}.{os.getpid()}.{os.urandom(4).hex()}.new")
+    try:
+        conn = sqlite3.connect(tmp, isolation_level=None)
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            # the schema text and SCHEMA_VERSION are module constants (metric columns from metrics.registry), not input
+            conn.executescript("BEGIN;" + _SCHEMA + f"INSERT INTO meta VALUES ('schema_version', '{SCHEMA_VERSION}'); COMMIT;")  # noqa: S608
+        finally:
+            conn.close()  # the last connection checkpoints its log into the file and removes it
+        try:
+            os.link(tmp, file)
+        except FileExistsError:
+            pass
+        except OSError:  # a file system without hard links: rename, unless a file appeared meanwhile
+            if not file.exists():
+                os.replace(tmp, file)
+    finally:
+        for p in (tmp, _sidecar(tmp, "-wal"), _sidecar(tmp, "-shm")):
+            p.unlink(missing_ok=True)
+
+
 class Store:
     """A results database at `path` (created on first use)."""
 
     def __init__(self, path: str | os.PathLike, *, readonly: bool = False):
+        """Open the store at `path`, creating it when nothing is there (unless `readonly`); StoreError if it cannot be used.
+
+        An existing file is first read without being changed (`_inspect`): one that is not a result
+        store (a foreign SQLite database, an empty file) is refused and left exactly as it was.
+        Symlinks are followed. `readonly` also reads a store on read-only media; without it, a store
+        whose file or directory cannot be written is refused as read-only.
+        """
         self.path = Path(path)
         self.readonly = readonly
-        if readonly and not self.path.exists():
-            raise StoreError(f"no store at {str(self.path)!r}; run `rba run` first or pass --store")
-        if self.path.exists() and not self.path.is_file():
-            raise StoreError(f"{str(self.path)!r} is not a file; point --store at a result store file")
+        self._file = Path(os.path.realpath(self.path))  # what SQLite opens: its -wal and -shm are beside this one
+        name = str(self.path)
         try:
-            if self.path.exists():
+            exists = self._file.exists()
+            if readonly and not exists:
+                raise StoreError(f"no store at {name!r}; run `rba run` first or pass --store")
+            if exists and not self._file.is_file():
+                raise StoreError(f"{name!r} is not a file; point --store at a result store file")
+            if exists:
                 self._check_header()
             else:
-                self.path.parent.mkdir(parents=True, exist_ok=True)
+                self._file.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise StoreError(f"cannot use {str(self.path)!r} as a result store ({first_line(exc)})") from None
+            raise StoreError(f"cannot use {name!r} as a result store ({first_line(exc)})") from None
+        if not readonly and not _writable(self._file):
+            raise StoreError(_read_only_message(name, exists))
+        if exists:
+            _inspect(self._file, name)
+        else:
+            try:
+                _create_store(self._file)
+            except (OSError, sqlite3.Error) as exc:
+                if _is_read_only(exc) or not _dir_writable(self._file):
+                    raise StoreError(_read_only_message(name, exists=False)) from None
+                raise StoreError(f"cannot create a result store at {name!r} ({first_line(exc)}); check the --store path and its permissions") from None
         try:
-            uri = f"file:{self.path}?mode=ro" if readonly else str(self.path)
-            self.conn = sqlite3.connect(uri, uri=readonly, timeout=30, isolation_level=None)
-            self.conn.execute("PRAGMA foreign_keys=ON")
-            if not readonly:
-                self.conn.execute("PRAGMA journal_mode=WAL")
-                self.conn.execute("PRAGMA synchronous=NORMAL")
-            self._init_schema()
+            if readonly:
+                self.conn = _open_readonly(self._file, name)
+            else:
+                self.conn = sqlite3.connect(self._file, timeout=30, isolation_level=None)
+            try:
+                self.conn.execute("PRAGMA foreign_keys=ON")
+                self._init_schema()
+                if not readonly:
+                    self.conn.execute("PRAGMA journal_mode=WAL")
+                    self.conn.execute("PRAGMA synchronous=NORMAL")
+                    self._add_metric_columns(self.conn.cursor())
+            except BaseException:
+                self.conn.close()
+                raise
         except (sqlite3.Error, UnicodeDecodeError, ValueError) as exc:  # damaged header pages, undecodable text
-            raise StoreError(f"{str(self.path)!r} is not a usable result store ({first_line(exc)}); point --store at another file or delete it") from None
+            if _is_read_only(exc):
+                raise StoreError(_read_only_message(name)) from None
+            raise StoreError(f"{name!r} is not a usable result store ({first_line(exc)}); point --store at another file or delete it") from None
 
     def _check_header(self) -> None:
-        size = self.path.stat().st_size
-        if size == 0:
-            return
-        with self.path.open("rb") as fh:
-            head = fh.read(100)
-        if not head.startswith(b"SQLite format 3\x00"):
-            raise StoreError(f"{str(self.path)!r} is not a result store (not an SQLite file); point --store at another file")
-        page_size = int.from_bytes(head[16:18], "big")
-        page_size = 65536 if page_size == 1 else page_size
-        n_pages = int.from_bytes(head[28:32], "big")
-        if page_size and n_pages and size < page_size * n_pages and not Path(str(self.path) + "-wal").exists():
-            raise StoreError(f"{str(self.path)!r} is truncated ({size} bytes, header says {page_size * n_pages}); restore it or delete it and re-run")
+        """Refuse an empty, non-SQLite or truncated file (StoreError) before SQLite opens it."""
+        _check_file(self._file, str(self.path))
 
     def _init_schema(self) -> None:
+        """Check the opened store: it has a schema version, not newer than this version's, and passes quick_check.
+
+        Reads only; StoreError otherwise. A new store got its schema in `_create_store`.
+        """
         cur = self.conn.cursor()
         has_meta = cur.execute("SELECT name FROM sqlite_master WHERE type='table' AND name='meta'").fetchone()
-        if has_meta:
-            row = cur.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
-            version = int(row[0]) if row else None
-            if version is None:
-                raise StoreError(f"{str(self.path)!r} has no schema version; it is not a result store")
-            if version > SCHEMA_VERSION:
-                raise StoreError(
-                    f"{str(self.path)!r} has schema version {version}, newer than this version's {SCHEMA_VERSION}; upgrade robustbench-align"
-                )
-            ok = cur.execute("PRAGMA quick_check").fetchone()
-            if not ok or ok[0] != "ok":
-                detail = " ".join(str(ok[0]).split()) if ok else "no answer"
-                raise StoreError(f"{str(self.path)!r} is corrupted ({detail[:200]}); restore it or delete it and re-run")
-            if not self.readonly:
-                self._add_metric_columns(cur)
-            return
-        tables = cur.execute("SELECT name FROM sqlite_master WHERE type='table'").fetchall()
-        if tables:
-            raise StoreError(f"{str(self.path)!r} is an SQLite file but not a result store (tables: {', '.join(t[0] for t in tables)[:80]})")
-        if self.readonly:
-            raise StoreError(f"{str(self.path)!r} is empty; run `rba run` first")
-        # the schema text and SCHEMA_VERSION are module constants (metric columns from metrics.registry), not input
-        cur.executescript("BEGIN;" + _SCHEMA + f"INSERT INTO meta VALUES ('schema_version', '{SCHEMA_VERSION}'); COMMIT;")  # noqa: S608
+        if not has_meta:  # replaced since `_inspect` read it
+            raise StoreError(f"{str(self.path)!r} is not a result store (it has no meta table); point --store at a new file")
+        row = cur.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+        version = int(row[0]) if row else None
+        if version is None:
+            raise StoreError(f"{str(self.path)!r} has no schema version; it is not a result store")
+        if version > SCHEMA_VERSION:
+            raise StoreError(
+                f"{str(self.path)!r} has schema version {version}, newer than this version's {SCHEMA_VERSION}; upgrade robustbench-align"
+            )
+        ok = cur.execute("PRAGMA quick_check").fetchone()
+        if not ok or ok[0] != "ok":
+            detail = " ".join(str(ok[0]).split()) if ok else "no answer"
+            raise StoreError(f"{str(self.path)!r} is corrupted ({detail[:200]}); restore it or delete it and re-run")
 
     def _add_metric_columns(self, cur: sqlite3.Cursor) -> None:
         """Give a store created before a metric (or a later point column) was declared that column (NULL in its old rows).
@@ -220,6 +425,9 @@ class Store:
             run["created"] = run["created"] or time.time()
             rows = [[_clean(p.get(k), f"run {rid!r} point {i} {k}", k in JSON_COLUMNS) if k != "run_id" else run["run_id"]
                      for k in POINT_COLUMNS] for i, p in enumerate(rec.points)]
+            if rec.n_chunks > 1:
+                n += self._write_chunk(rec, run, rows)
+                continue
             try:
                 with self._tx() as cur:
                     cur.execute("DELETE FROM runs WHERE run_id=?", (run["run_id"],))
@@ -237,13 +445,69 @@ class Store:
             n += 1
         return n
 
+    def _write_chunk(self, rec: RunRecord, run: dict[str, Any], rows: list[list[Any]]) -> int:
+        """Store one chunk of a run; with its last chunk, assemble the run (1 when it was, else 0). One transaction.
+
+        The assembled run replaces a stored run of that run_id, as `write` does for whole runs.
+        """
+        rid = run["run_id"]
+        chunk: Any = rec.chunk  # Any: a record built elsewhere is not type-checked at run time
+        n_chunks: Any = rec.n_chunks
+        if not (isinstance(chunk, int) and isinstance(n_chunks, int) and 0 <= chunk < n_chunks):
+            raise RecordError(f"run {rid!r}: chunk {rec.chunk!r} of {rec.n_chunks!r} is not a chunk number; nothing was written for it")
+        try:
+            blob = json.dumps(rows)
+            with self._tx() as cur:
+                cur.execute(_CHUNKS_TABLE)
+                cur.execute("DELETE FROM chunks WHERE run_id=? AND n_chunks<>?", (rid, rec.n_chunks))  # planned otherwise before
+                cur.execute("INSERT OR REPLACE INTO chunks VALUES (?, ?, ?, ?, ?, ?, ?)",
+                            (rid, rec.chunk, rec.n_chunks, str(run["status"]), json.dumps(run), blob, time.time()))
+                (have,) = cur.execute("SELECT COUNT(*) FROM chunks WHERE run_id=?", (rid,)).fetchone()
+                if have < rec.n_chunks:
+                    return 0
+                parts = cur.execute("SELECT run, points FROM chunks WHERE run_id=? ORDER BY chunk", (rid,)).fetchall()
+                runs = [json.loads(r) for r, _ in parts]
+                all_rows = [row for _, pts in parts for row in json.loads(pts)]
+                merged = _merge_chunk_runs(runs, all_rows)
+                cur.execute("DELETE FROM runs WHERE run_id=?", (rid,))
+                cur.execute(f"INSERT INTO runs ({', '.join(RUN_COLUMNS)}) VALUES ({', '.join('?' * len(RUN_COLUMNS))})",  # noqa: S608
+                            [merged[k] for k in RUN_COLUMNS])
+                if merged["status"] == "ok" and all_rows:
+                    cur.executemany(f"INSERT INTO points ({', '.join(POINT_COLUMNS)}) VALUES ({', '.join('?' * len(POINT_COLUMNS))})",  # noqa: S608
+                                    all_rows)
+                cur.execute("DELETE FROM chunks WHERE run_id=?", (rid,))
+        except sqlite3.IntegrityError as exc:
+            raise RecordError(f"run {rid!r} chunk {rec.chunk} was not written: {first_line(exc)}") from None
+        except sqlite3.Error as exc:
+            raise StoreError(f"run {rid!r} chunk {rec.chunk} was not written to {str(self.path)!r}: {first_line(exc)}") from None
+        return 1
+
+    def stored_chunks(self, include_failed: bool = True) -> dict[str, set[int]]:
+        """Chunks stored per run that is not assembled yet (run_id -> chunk numbers)."""
+        q = "SELECT run_id, chunk FROM chunks" + ("" if include_failed else " WHERE status='ok'")  # noqa: S608 - literals only
+        try:
+            if not self.conn.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name='chunks'").fetchone():
+                return {}
+            out: dict[str, set[int]] = {}
+            for rid, c in self.conn.execute(q):
+                out.setdefault(rid, set()).add(int(c))
+            return out
+        except (sqlite3.Error, UnicodeDecodeError) as exc:
+            raise StoreError(f"{str(self.path)!r} cannot be read ({first_line(exc)}); restore it or delete it and re-run") from None
+
     # --- reading ---------------------------------------------------------------------
+    def _read_error(self, exc: BaseException) -> StoreError:
+        """The StoreError for a failed read: read-only when SQLite could not write beside the file, else damage."""
+        if _is_read_only(exc):
+            return StoreError(_read_only_message(str(self.path)))
+        return StoreError(f"{str(self.path)!r} cannot be read ({first_line(exc)}); restore it or delete it and re-run")
+
     def _query(self, q: str, params: list[Any] | None = None) -> pd.DataFrame:
-        """A query as a DataFrame; StoreError when the file turns out to be damaged while reading."""
+        """A query as a DataFrame; StoreError when the file turns out to be damaged (or unreadable where it is) while reading."""
         try:
             return pd.read_sql_query(q, self.conn, params=params or [])
         except (sqlite3.Error, pd.errors.DatabaseError, UnicodeDecodeError) as exc:
-            raise StoreError(f"{str(self.path)!r} cannot be read ({first_line(exc)}); restore it or delete it and re-run") from None
+            raise self._read_error(exc) from None
 
     def _json_column(self, df: pd.DataFrame, col: str) -> None:
         def load(s: Any) -> Any:
@@ -261,7 +525,7 @@ class Store:
         try:
             return {r[0] for r in self.conn.execute(q)}
         except (sqlite3.Error, UnicodeDecodeError) as exc:
-            raise StoreError(f"{str(self.path)!r} cannot be read ({first_line(exc)}); restore it or delete it and re-run") from None
+            raise self._read_error(exc) from None
 
     def runs(self) -> pd.DataFrame:
         df = self._query("SELECT * FROM runs ORDER BY dataset, threat, model, seed")
@@ -298,14 +562,32 @@ class Store:
 
 @contextmanager
 def exclusive(path: str | os.PathLike, wait: bool = False) -> Iterator[None]:
-    """Hold an exclusive lock on `path` + '.lock' while a driver writes; refuse (or wait) if taken."""
+    """Hold an exclusive lock on the store at `path` while a driver writes; StoreError (or, with `wait`, wait) if taken.
+
+    The lock is the file '<real path>.lock', symlinks resolved, so every path to one store takes the
+    same lock. An existing file that is not a result store is refused before a lock file is made
+    beside it; a store on a read-only location is refused as read-only.
+    """
+    import errno
     import fcntl
 
-    lock_path = Path(str(path) + ".lock")
+    real = Path(os.path.realpath(path))
+    lock_path = _sidecar(real, ".lock")
+    if real.is_file():
+        try:
+            _check_file(real, str(path))
+        except OSError:
+            pass  # unreadable: `Store` says so
+        else:
+            _inspect(real, str(path))
+    if real.parent.is_dir() and not _dir_writable(real):
+        raise StoreError(_read_only_message(str(path), real.exists()))
     try:
         lock_path.parent.mkdir(parents=True, exist_ok=True)
         fh = lock_path.open("a+")
     except OSError as exc:
+        if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM) and lock_path.parent.is_dir():
+            raise StoreError(_read_only_message(str(path), real.exists())) from None
         raise StoreError(f"cannot create the lock file {str(lock_path)!r} ({first_line(exc)}); check the --store path and its permissions") from None
     try:
         flags = fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB)

@@ -4,12 +4,37 @@ The local search scores hundreds of one-coordinate moves per step; descending ev
 every candidate with numpy, instead of tree by tree, keeps that cheap. `raw_moves` scores such
 moves without descending the trees that do not split on the moved feature (their leaves are the
 base point's), and gives bit-identical outputs to `raw` of the moved rows.
+
+Each descent takes one vectorised step per level of the deepest tree; given a `deadline`
+(perf_counter) it checks the clock every few tens of levels and raises DeadlinePassed once the
+deadline has passed (the searches then stop as at any other deadline check). Without a deadline,
+or before it passes, the outputs are the same.
 """
 from __future__ import annotations
+
+import time
 
 import numpy as np
 
 from ...models.base import Tree, TreeEnsemble
+
+_LEVELS_PER_CHECK = 64  # descent levels between two looks at the clock
+
+
+class DeadlinePassed(Exception):
+    """Raised inside a long pass when the point's deadline (perf_counter) has passed; the caller reports a time-limit hit."""
+
+
+def check_deadline(deadline: float) -> None:
+    """Raise DeadlinePassed once time.perf_counter() is past `deadline`."""
+    if time.perf_counter() > deadline:
+        raise DeadlinePassed
+
+
+def _tick(level: int, deadline: float) -> None:
+    """The deadline check of a descent, made every _LEVELS_PER_CHECK levels."""
+    if level % _LEVELS_PER_CHECK == _LEVELS_PER_CHECK - 1:
+        check_deadline(deadline)
 
 
 def _tree_depth(t: Tree) -> int:
@@ -66,34 +91,37 @@ class FlatEnsemble:
         self.trees_of = pairs[:, 1].astype(np.int64)
         self.trees_ptr = np.concatenate([[0], np.cumsum(np.bincount(pairs[:, 0], minlength=n_feat))]).astype(np.int64)
 
-    def raw(self, X: np.ndarray) -> np.ndarray:
+    def raw(self, X: np.ndarray, deadline: float = np.inf) -> np.ndarray:
         """Raw outputs (n, n_outputs) of the rows of X, compared in the ensemble's dtype like the libraries."""
         X32 = np.asarray(X, dtype=self.dtype)
         node = np.broadcast_to(self.roots, (X32.shape[0], self.roots.size)).copy()
         rows = np.arange(X32.shape[0])[:, None]
-        for _ in range(self.depth):
+        for level in range(self.depth):
+            _tick(level, deadline)
             xv = X32[rows, self.feature[node]]
             go_left = (xv < self.threshold[node]) if self.strict else (xv <= self.threshold[node])
             node = np.where(go_left, self.left[node], self.right[node])
         out: np.ndarray = self.value[node].sum(axis=1) + self.bias
         return out
 
-    def leaves(self, x: np.ndarray) -> np.ndarray:
+    def leaves(self, x: np.ndarray, deadline: float = np.inf) -> np.ndarray:
         """The leaf (flat node index) of one point in every tree, shape (n_trees,)."""
         x32 = np.asarray(x, dtype=self.dtype)
         node = self.roots.copy()
-        for _ in range(self.depth):
+        for level in range(self.depth):
+            _tick(level, deadline)
             xv = x32[self.feature[node]]
             go_left = (xv < self.threshold[node]) if self.strict else (xv <= self.threshold[node])
             node = np.where(go_left, self.left[node], self.right[node])
         return node
 
-    def raw_moves(self, base: np.ndarray, cols: np.ndarray, vals: np.ndarray, base_leaves: np.ndarray | None = None) -> np.ndarray:
+    def raw_moves(self, base: np.ndarray, cols: np.ndarray, vals: np.ndarray, base_leaves: np.ndarray | None = None,
+                  deadline: float = np.inf) -> np.ndarray:
         """`raw` of the rows "base with coordinate cols[r] set to vals[r]", bit for bit (see `raw_moves_leaves`)."""
-        return self.raw_moves_leaves(base, cols, vals, base_leaves)[0]
+        return self.raw_moves_leaves(base, cols, vals, base_leaves, deadline)[0]
 
     def raw_moves_leaves(self, base: np.ndarray, cols: np.ndarray, vals: np.ndarray,
-                         base_leaves: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+                         base_leaves: np.ndarray | None = None, deadline: float = np.inf) -> tuple[np.ndarray, np.ndarray]:
         """Raw outputs and leaves (rows, trees) of the rows "base with coordinate cols[r] set to vals[r]".
 
         Only the trees that split on the moved feature are descended; the others keep the base
@@ -105,7 +133,7 @@ class FlatEnsemble:
         cols = np.asarray(cols, dtype=np.int64)
         v32 = np.asarray(vals, dtype=self.dtype)
         n = cols.size
-        lv = self.leaves(base) if base_leaves is None else base_leaves
+        lv = self.leaves(base, deadline) if base_leaves is None else base_leaves
         node_all = np.broadcast_to(lv, (n, self.roots.size)).copy()
         if n and self.trees_of.size:
             f_ok = np.minimum(cols, max(self.n_features_split - 1, 0))
@@ -117,7 +145,8 @@ class FlatEnsemble:
                 tree = self.trees_of[np.repeat(self.trees_ptr[f_ok], counts) + (np.arange(total, dtype=np.int64) - np.repeat(first, counts))]
                 col, val = cols[row], v32[row]
                 node = self.roots[tree]
-                for _ in range(self.depth):
+                for level in range(self.depth):
+                    _tick(level, deadline)
                     f = self.feature[node]
                     xv = np.where(f == col, val, b32[f])
                     go_left = (xv < self.threshold[node]) if self.strict else (xv <= self.threshold[node])
@@ -127,4 +156,4 @@ class FlatEnsemble:
         return out, node_all
 
 
-__all__ = ["FlatEnsemble"]
+__all__ = ["DeadlinePassed", "FlatEnsemble", "check_deadline"]

@@ -10,7 +10,7 @@ import numpy as np
 
 from ...models.base import Model
 from ..base import LINF, Norm
-from .flat import FlatEnsemble
+from .flat import DeadlinePassed, FlatEnsemble
 from .grid import Grid, point_distance
 from .margins import margin_of_raw
 
@@ -21,7 +21,8 @@ class LocalSearch:
     They give the exact searches an upper bound to prune with, a fallback answer when a work budget
     runs out, and answer the easy "is there an adversarial within this box" questions without a
     solver. Every loop is bounded by a move count, so the result does not depend on machine speed;
-    `deadline` (perf_counter) is only a safety net.
+    `deadline` (perf_counter) is only a safety net: checked between moves and inside each descent
+    of the trees, and once it has passed a search returns what it has (None from a move search).
     """
 
     def __init__(self, flat: FlatEnsemble, grid: Grid, model: Model, x: np.ndarray, y: int, deadline: float = np.inf) -> None:
@@ -38,8 +39,8 @@ class LocalSearch:
         self.radii = np.unique(pos)  # every linf optimum is one of these
 
     def margin(self, X: np.ndarray) -> np.ndarray:
-        """The best margin of each row of X (>= 0: the ensemble has left class y)."""
-        return margin_of_raw(self.flat.raw(X), self.y)
+        """The best margin of each row of X (>= 0: the ensemble has left class y); DeadlinePassed after the deadline."""
+        return margin_of_raw(self.flat.raw(X, self.deadline), self.y)
 
     def point(self, choice: np.ndarray) -> np.ndarray:
         """The point of one interval per grid feature."""
@@ -53,7 +54,14 @@ class LocalSearch:
         return p if int(self.model.predict(p[None])[0]) != self.y else None
 
     def ascent(self, allowed: np.ndarray, max_iter: int | None = None) -> np.ndarray | None:
-        """Best-improvement moves (largest margin) among `allowed` intervals until the decision flips."""
+        """Best-improvement moves (largest margin) among `allowed` intervals until the decision flips (None past the deadline)."""
+        try:
+            return self._ascent(allowed, max_iter)
+        except DeadlinePassed:
+            return None
+
+    def _ascent(self, allowed: np.ndarray, max_iter: int | None = None) -> np.ndarray | None:
+        """`ascent` without the deadline guard (a descent may raise DeadlinePassed)."""
         if self.cand_val.size == 0:
             return None
         choice = np.array(self.j0, dtype=np.int64)
@@ -103,7 +111,14 @@ class LocalSearch:
         return best
 
     def ratio(self, norm: Norm, max_iter: int = 60) -> np.ndarray | None:
-        """Moves with the most margin gain per unit of added cost (l1/l2), until the decision flips."""
+        """Moves with the most margin gain per unit of added cost (l1/l2), until the decision flips (None past the deadline)."""
+        try:
+            return self._ratio(norm, max_iter)
+        except DeadlinePassed:
+            return None
+
+    def _ratio(self, norm: Norm, max_iter: int = 60) -> np.ndarray | None:
+        """`ratio` without the deadline guard (a descent may raise DeadlinePassed)."""
         if self.cand_val.size == 0:
             return None
         choice = np.array(self.j0, dtype=np.int64)
@@ -158,7 +173,11 @@ class LocalSearch:
                 trial = choice.copy()
                 trial[i] += -1 if choice[i] > self.j0[i] else 1
                 tp = self.point(trial)
-                if self.margin(tp[None])[0] >= 0 and int(self.model.predict(tp[None])[0]) != self.y:
+                try:
+                    still = self.margin(tp[None])[0] >= 0 and int(self.model.predict(tp[None])[0]) != self.y
+                except DeadlinePassed:
+                    return self.point(choice)
+                if still:
                     choice = trial
                 else:
                     break

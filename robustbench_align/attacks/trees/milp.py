@@ -19,7 +19,7 @@ from scipy.optimize import Bounds, LinearConstraint, milp
 from ...errors import AttackError
 from ...models.base import Model, Tree, TreeEnsemble
 from ..base import Candidates, MinimalAttack, Norm
-from .flat import FlatEnsemble
+from .flat import DeadlinePassed, FlatEnsemble, check_deadline
 from .grid import Grid, point_distance
 from .local_search import LocalSearch
 from .margins import N_LEVELS, Target, targets_of
@@ -32,6 +32,9 @@ DEFAULT_NODES = 100  # branch-and-bound nodes per MILP solve
 DEFAULT_CUTS = 2  # band leaf combinations resolved (each one more MILP solve) per target
 
 
+_CHECK_EVERY = 1024  # nodes between deadline checks while a structure is built
+
+
 class MilpStructure:
     """The point-independent part of the MILP for one target: trees, leaves, paths, node constraints.
 
@@ -39,9 +42,13 @@ class MilpStructure:
     distance u (see `solve`); its variables are p (binary, one per kept (feature, threshold) of the
     trees that matter for this target; p = 1 means "goes left"), l (continuous leaf indicators) and
     b (the linf bound, or the constant 1 carrying the l1/l2 objective's constant).
+
+    Building it walks every node of every active tree (and lists the leaves under each node), so
+    it checks `deadline` (perf_counter) every few hundred nodes and raises DeadlinePassed once it
+    has passed; without a deadline the structure is the same.
     """
 
-    def __init__(self, ens: TreeEnsemble, target: Target) -> None:
+    def __init__(self, ens: TreeEnsemble, target: Target, deadline: float = np.inf) -> None:
         self.target = target
         c0 = target.c0
         active: list[tuple[Tree, np.ndarray]] = []
@@ -86,6 +93,8 @@ class MilpStructure:
             while stack:
                 n, box = stack.pop()
                 order.append(n)
+                if len(order) % _CHECK_EVERY == 0:
+                    check_deadline(deadline)
                 if t.left[n] < 0:
                     for g, (lo_, hi_) in box.items():
                         pair_leaf.append(int(cols_of[n]))
@@ -98,7 +107,9 @@ class MilpStructure:
                 lo_, hi_ = box.get(g, (0, int(grid.offset[g + 1] - grid.offset[g])))
                 stack.append((int(t.right[n]), {**box, g: (max(lo_, r + 1), hi_)}))
                 stack.append((int(t.left[n]), {**box, g: (lo_, min(hi_, r))}))
-            for n in reversed(order):  # children before parents
+            for seen, n in enumerate(reversed(order)):  # children before parents
+                if seen % _CHECK_EVERY == 0:
+                    check_deadline(deadline)
                 if t.left[n] < 0:
                     under[n] = [int(cols_of[n])]
                     continue
@@ -150,10 +161,12 @@ class MilpStructure:
         `cuts` are leaf combinations (from `leaf_columns`) excluded by no-good cuts: combinations
         the model was seen not to flip, which is sound because every input with the same leaves
         gets the same library output. `node_limit` (branch-and-bound nodes) is the work budget;
-        `time_limit` (seconds) only a safety net. Returns status ("optimal", "limit",
+        `time_limit` (seconds, building the program included) only a safety net; when it passes before
+        the solver starts, the answer is a time-limit hit without a point. Returns status ("optimal", "limit",
         "infeasible", "error"), whether the time limit was what stopped it, the decoded point (or
         None), its objective value and the certified lower bound, both in distance units.
         """
+        t_start = time.perf_counter()
         grid = self.grid
         infeasible: dict[str, Any] = {"status": "infeasible", "x": None, "obj": np.inf, "lb": np.inf, "time_hit": False}
         j0, pts, dists = grid.intervals(x)
@@ -303,16 +316,20 @@ class MilpStructure:
                                                        shape=(1, n_var)), -np.inf, vs.size - 1.0))
         integrality = np.zeros(n_var, dtype=np.int8)
         integrality[:n_pk] = 1
+        left = float(time_limit) - (time.perf_counter() - t_start)  # building the program counts against the limit
+        if left <= 0:
+            return {"status": "limit", "x": None, "obj": np.inf, "lb": 0.0, "time_hit": True,
+                    "message": "the time limit passed while the program was built"}
         # the HiGHS tolerances and mip_abs_gap are outside scipy's typed option keys; scipy passes them on verbatim.
         # Presolve stays off: on these programs it costs seconds at the root that no node budget bounds
-        opts: dict[str, Any] = {"time_limit": max(float(time_limit), 1e-3), "node_limit": int(node_limit), "mip_rel_gap": rel_gap,
+        opts: dict[str, Any] = {"time_limit": max(left, 1e-3), "node_limit": int(node_limit), "mip_rel_gap": rel_gap,
                                 "presolve": False, "mip_abs_gap": 1e-9, **_HIGHS_TOL}
         t0 = time.perf_counter()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)
             # Any: the stubs tie a solution x to status 0, but a time-out (status 1) can return one too
             res: Any = milp(c, constraints=cons, integrality=integrality, bounds=Bounds(lb, ub), options=cast(Any, opts))
-        time_hit = bool(res.status == 1 and time.perf_counter() - t0 >= 0.99 * time_limit)
+        time_hit = bool(res.status == 1 and time.perf_counter() - t0 >= 0.99 * left)
 
         def to_dist(v: float) -> float:
             v = v / sigma
@@ -359,11 +376,11 @@ class MilpSolver:
             self._targets[y] = targets_of(self.ens, y)
         return self._targets[y]
 
-    def structure(self, t: Target) -> MilpStructure:
-        """The MILP structure of one target (cached)."""
+    def structure(self, t: Target, deadline: float = np.inf) -> MilpStructure:
+        """The MILP structure of one target (cached); DeadlinePassed when `deadline` passes while it is built."""
         key = (t.k, t.y)
         if key not in self._structs:
-            self._structs[key] = MilpStructure(self.ens, t)
+            self._structs[key] = MilpStructure(self.ens, t, deadline)
         return self._structs[key]
 
     def floor(self, x: np.ndarray) -> float:
@@ -416,7 +433,13 @@ class MilpSolver:
                 out.x_adv, out.dist = xa, d
 
         for t in targets:
-            st = self.structure(t)
+            try:  # past the deadline every solve below returns None: the same bound (0) without building anything
+                check_deadline(deadline)
+                st = self.structure(t, deadline)
+            except DeadlinePassed:
+                out.time_hit = True
+                lows.append(0.0)
+                continue
             low_t = 0.0
             cuts: list[np.ndarray] = []
             found = False

@@ -113,7 +113,7 @@ class _LinfSearch(LocalSearch):
 
     def __init__(self, flat: Any, grid: Grid, model: Model, x: np.ndarray, y: int, deadline: float = np.inf) -> None:
         super().__init__(flat, grid, model, x, y, deadline)
-        self._x_margin = float(self.margin(np.array(self.x, dtype=np.float64, copy=True)[None])[0])
+        self._x_margin = float(margin_of_raw(flat.raw(np.array(self.x, dtype=np.float64, copy=True)[None]), y)[0])
         # move sequence -> per candidate the margin of that move from the point the sequence reaches (NaN: not a move)
         self._scores: dict[tuple[int, ...], np.ndarray] = {}
         self._leaves: dict[tuple[int, ...], np.ndarray] = {}  # ... and the leaves of that point
@@ -138,14 +138,14 @@ class _LinfSearch(LocalSearch):
             if cur_leaves is None:
                 cur_leaves = self._leaves.get(path)
                 if cur_leaves is None:
-                    cur_leaves = self._leaves[path] = self.flat.leaves(cur)
-            dense[todo] = margin_of_raw(self.flat.raw_moves(cur, self.cols[todo], self.cand_val[todo], cur_leaves), self.y)
+                    cur_leaves = self._leaves[path] = self.flat.leaves(cur, self.deadline)
+            dense[todo] = margin_of_raw(self.flat.raw_moves(cur, self.cols[todo], self.cand_val[todo], cur_leaves, self.deadline), self.y)
             self.evaluations += 1
         out: np.ndarray = dense[idx]
         return out
 
-    def ascent(self, allowed: np.ndarray, max_iter: int | None = None) -> np.ndarray | None:
-        """Best-improvement moves (largest margin) among `allowed` intervals until the decision flips."""
+    def _ascent(self, allowed: np.ndarray, max_iter: int | None = None) -> np.ndarray | None:
+        """Best-improvement moves (largest margin) among `allowed` intervals until the decision flips (guarded by `ascent`)."""
         if self.cand_val.size == 0:
             return None
         choice = np.array(self.j0, dtype=np.int64)
@@ -275,12 +275,14 @@ class VeritasLinf(MinimalAttack):
         return run_points(self.name, model, ens, X, y, lambda x, yi: self._solve_point(ens, model, milp_solver, vt_of, x, yi))
 
     def _query(self, vt: _VeritasTarget, box: dict[int, Any], x: np.ndarray, y: int, model: Model,
-               out: PointOutcome, label: Callable[[np.ndarray], int] | None = None) -> tuple[str, np.ndarray | None]:
+               out: PointOutcome, label: Callable[[np.ndarray], int] | None = None,
+               deadline: float = np.inf) -> tuple[str, np.ndarray | None]:
         """Is an input the model moves off class y reachable in `box` through this target?
 
         ("adv", point): a verified adversarial; ("none", None): certified: no leaf combination in the
         box reaches M >= -delta except ones the model was seen not to flip; ("unknown", None): not
-        settled within the work budgets.
+        settled within the work budgets, or `deadline` (perf_counter) passed during the search
+        (then `out.time_hit` is set).
         """
         guard = vt.target.guard(0)
         lab = label if label is not None else _Labels(model)
@@ -290,11 +292,16 @@ class VeritasLinf(MinimalAttack):
             if lab(x) != y:
                 return "adv", x.copy()
             return "none", None  # the constant combination (this point's) does not flip
-        return self._search(vt, box, x, y, model, guard, out, lab)
+        return self._search(vt, box, x, y, model, guard, out, lab, deadline)
 
     def _search(self, vt: _VeritasTarget, box: dict[int, Any], x: np.ndarray, y: int, model: Model, guard: float,
-                out: PointOutcome, label: Callable[[np.ndarray], int] | None = None) -> tuple[str, np.ndarray | None]:
-        """Enumerate the box's leaf combinations with margin >= guard, best first (answers as in `_query`)."""
+                out: PointOutcome, label: Callable[[np.ndarray], int] | None = None,
+                deadline: float = np.inf) -> tuple[str, np.ndarray | None]:
+        """Enumerate the box's leaf combinations with margin >= guard, best first (answers as in `_query`).
+
+        The deadline is checked before every batch of search steps: once it has passed the answer
+        is ("unknown", None) with `out.time_hit` set, as when it passes between queries.
+        """
         import veritas
 
         lab = label if label is not None else _Labels(model)
@@ -316,6 +323,9 @@ class VeritasLinf(MinimalAttack):
             events: list[tuple[list[np.ndarray], str | None]] = []
             n_new = 0
             while True:
+                if time.perf_counter() > deadline:
+                    out.time_hit = True
+                    return "unknown", None
                 reason = s.steps(chunk)
                 found = []
                 for i in range(seen, s.num_solutions()):
@@ -428,7 +438,7 @@ class VeritasLinf(MinimalAttack):
                 if time.perf_counter() > deadline:
                     out.time_hit = True
                     return "unknown", None
-                r, xa = self._query(vt_of(t), box, x, y, model, out, search.label)
+                r, xa = self._query(vt_of(t), box, x, y, model, out, search.label, deadline)
                 out.solves += 1
                 if r == "adv":
                     return "adv", xa

@@ -27,7 +27,7 @@ import numpy as np
 
 from ...errors import ModelError
 from ..base import Tree, TreeEnsemble
-from .checks import probe_points
+from .checks import check_tree_caps, probe_points
 from .sklearn_parse import _sk_tree, quiet, require_sk_fitted
 
 PROBA_TOL = 1e-9
@@ -79,6 +79,7 @@ def parse_sklearn_adaboost(est: Any) -> TreeEnsemble:
         meta={"library": "scikit-learn", "library_version": sklearn.__version__, "algorithm": "SAMME",
               "raw_scale": 1.0 if k == 2 else 1.0 / (k - 1), "classes": [str(c) for c in classes]},
     ).validate()
+    check_tree_caps(ens)
     _check(ens, est)
     return ens
 

@@ -24,7 +24,7 @@ import numpy as np
 
 from ...errors import ModelError, first_line
 from ..base import Tree, TreeEnsemble
-from .checks import check_reachable, probe_points
+from .checks import check_reachable, check_tree_caps, probe_points
 
 log = logging.getLogger(__name__)
 
@@ -264,7 +264,7 @@ def parse_catboost_doc(doc: Any, *, n_features: int | None = None, loss: str | N
     }
     ens = TreeEnsemble(trees=trees, n_features=d, n_classes=k, n_outputs=dims, strict=False, bias=bias, combine="sum",
                        link=link, source=source, meta=meta)
-    return check_reachable(ens.validate())
+    return check_reachable(check_tree_caps(ens.validate()))
 
 
 def catboost_parts(obj: Any) -> tuple[str, int]:

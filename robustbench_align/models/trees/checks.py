@@ -1,4 +1,7 @@
-"""Checks of a parsed tree ensemble: structural (every node reachable) and against the library itself.
+"""Checks of a parsed tree ensemble: structural (every node reachable), size caps, and against the library itself.
+
+Every parser refuses a tree deeper than $RBA_MAX_TREE_DEPTH levels (default 500) or larger than
+$RBA_MAX_TREE_NODES nodes (default 2**22) with a one-line ModelError naming the cap.
 
 The library check places probe rows exactly on split boundaries (each coordinate a threshold or
 its float32 neighbour), where a wrong `<`/`<=` rule or a wrong threshold rounding changes leaves,
@@ -13,10 +16,22 @@ from typing import Any
 import numpy as np
 
 from ...errors import ModelError
+from ...guards import env_cap
 from ..base import Tree, TreeEnsemble
 
 EPS32 = float(np.finfo(np.float32).eps)
 N_PROBES = 256
+
+# Per-tree caps, checked when a model is parsed. Library defaults grow trees of depth 6 (XGBoost),
+# 16 at most (CatBoost), about 30 (LightGBM's 31 leaves); a fully grown scikit-learn tree on
+# millions of rows is some tens of levels deep. 500 levels leave a wide margin and keep each
+# exact-attack pass short: a node row of the MILP lists every leaf below it, so a chain-shaped
+# tree of depth D gives a program with ~D^2/2 entries that the solver reads without a time check.
+# 2**22 nodes per tree is a fully grown tree on some millions of training rows.
+MAX_DEPTH_ENV = "RBA_MAX_TREE_DEPTH"
+MAX_NODES_ENV = "RBA_MAX_TREE_NODES"
+DEFAULT_MAX_DEPTH = 500
+DEFAULT_MAX_NODES = 1 << 22
 
 
 def probe_points(trees: tuple[Tree, ...] | list[Tree], n_features: int, n: int = N_PROBES, seed: int = 0,
@@ -74,6 +89,56 @@ def measure_bias(ens: TreeEnsemble, X: np.ndarray, library_raw: Any, who: str, r
     return bias
 
 
+def tree_caps() -> tuple[int, int]:
+    """The per-tree (depth, node) caps: $RBA_MAX_TREE_DEPTH (default 500) and $RBA_MAX_TREE_NODES (default 2**22)."""
+    return env_cap(MAX_DEPTH_ENV, DEFAULT_MAX_DEPTH), env_cap(MAX_NODES_ENV, DEFAULT_MAX_NODES)
+
+
+def check_node_count(n_nodes: int, index: int, who: str = "", cap: int | None = None) -> None:
+    """ModelError (one line) when tree `index` has more nodes than the node cap; cheap, so parsers call it first."""
+    cap = env_cap(MAX_NODES_ENV, DEFAULT_MAX_NODES) if cap is None else cap
+    if n_nodes > cap:
+        pre = f"{who}: " if who else ""
+        raise ModelError(
+            f"{pre}tree {index} has {n_nodes} nodes, above the cap of {cap} per tree ({MAX_NODES_ENV}); "
+            f"no real model needs that many, so the file is likely malformed; set {MAX_NODES_ENV} higher to load it anyway"
+        )
+
+
+def tree_depth_over(t: Tree, cap: int) -> int:
+    """The depth (edges on the longest root-to-leaf path) of a validated tree, or cap + 1 once it is deeper than `cap`.
+
+    Level by level, so the work is bounded by the nodes within cap + 1 levels of the root.
+    """
+    level = np.zeros(1, dtype=np.int64)
+    depth = 0
+    while True:
+        level = level[t.left[level] >= 0]
+        if level.size == 0:
+            return depth
+        depth += 1
+        if depth > cap:
+            return depth
+        level = np.concatenate([t.left[level], t.right[level]])
+
+
+def check_tree_caps(ens: TreeEnsemble, who: str = "") -> TreeEnsemble:
+    """ModelError (one line) naming the cap when a tree is deeper or larger than the caps (see `tree_caps`); returns ens.
+
+    Call after `validate()` (the depth walk follows children, which must be in range and acyclic).
+    """
+    max_depth, max_nodes = tree_caps()
+    pre = f"{who}: " if who else ""
+    for ti, t in enumerate(ens.trees):
+        check_node_count(t.n_nodes, ti, who, max_nodes)
+        if tree_depth_over(t, max_depth) > max_depth:
+            raise ModelError(
+                f"{pre}tree {ti} is deeper than the cap of {max_depth} levels ({MAX_DEPTH_ENV}); real models stay far below it, "
+                f"so the file is likely malformed; set {MAX_DEPTH_ENV} higher to load it anyway"
+            )
+    return ens
+
+
 def check_reachable(ens: TreeEnsemble) -> TreeEnsemble:
     """Every node must hang below the root (validate() checks paths from the root; this catches orphan cycles)."""
     for ti, t in enumerate(ens.trees):
@@ -91,4 +156,7 @@ def check_reachable(ens: TreeEnsemble) -> TreeEnsemble:
     return ens
 
 
-__all__ = ["EPS32", "N_PROBES", "check_reachable", "measure_bias", "probe_points"]
+__all__ = [
+    "DEFAULT_MAX_DEPTH", "DEFAULT_MAX_NODES", "EPS32", "MAX_DEPTH_ENV", "MAX_NODES_ENV", "N_PROBES", "check_node_count", "check_reachable",
+    "check_tree_caps", "measure_bias", "probe_points", "tree_caps", "tree_depth_over",
+]

@@ -11,7 +11,7 @@ import numpy as np
 
 from ...errors import ModelError, first_line
 from ..base import Tree, TreeEnsemble
-from .checks import check_reachable
+from .checks import check_node_count, check_reachable, check_tree_caps
 from .xgboost_json import int_array, parse_xgboost_doc
 
 ENSEMBLE_FORMAT = "robustbench_align.tree_ensemble"
@@ -74,6 +74,7 @@ def tree_ensemble_from_json(doc: Any) -> TreeEnsemble:
         for i, tj in enumerate(doc["trees"]):
             value = np.asarray(tj["value"], dtype=np.float64)
             feature = int_array(tj["feature"], f"tree {i} feature")
+            check_node_count(feature.size, i, "tree-ensemble JSON")
             if value.ndim != 2 or value.shape != (feature.size, n_outputs):
                 raise ModelError(f"tree-ensemble JSON: tree {i} value must have shape ({feature.size}, {n_outputs})")
             thr = np.asarray(tj["threshold"], dtype=np.float64)
@@ -104,7 +105,7 @@ def tree_ensemble_from_json(doc: Any) -> TreeEnsemble:
         raise ModelError("tree-ensemble JSON: no trees")
     if ens.n_outputs not in (1, ens.n_classes) or ens.n_classes < 2:
         raise ModelError(f"tree-ensemble JSON: n_outputs={ens.n_outputs} does not fit n_classes={ens.n_classes}")
-    return check_reachable(ens.validate())
+    return check_reachable(check_tree_caps(ens.validate()))
 
 
 __all__ = ["ENSEMBLE_FORMAT", "ENSEMBLE_FORMAT_VERSION", "tree_ensemble_from_json", "tree_ensemble_to_json"]

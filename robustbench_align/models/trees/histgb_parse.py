@@ -28,7 +28,7 @@ import numpy as np
 
 from ...errors import ModelError
 from ..base import Tree, TreeEnsemble
-from .checks import probe_points
+from .checks import check_tree_caps, probe_points
 from .sklearn_parse import quiet, require_sk_fitted
 
 PROBA_TOL = 1e-9  # parse vs predict_proba on boundary probes (the raw sums agree to the bit; exp/softmax round-off only)
@@ -112,6 +112,7 @@ def parse_sklearn_histgb(est: Any) -> TreeEnsemble:
               "classes": [str(c) for c in est.classes_]},
         threshold_dtype="float64",
     ).validate()
+    check_tree_caps(ens)
     check_against_library(ens, est, type(est).__name__)
     return ens
 

@@ -32,7 +32,7 @@ import numpy as np
 
 from ...errors import ModelError, first_line
 from ..base import Tree, TreeEnsemble
-from .checks import check_reachable
+from .checks import check_reachable, check_tree_caps
 
 K_ZERO_THRESHOLD = 1.0000000180025095e-35  # LightGBM's kZeroThreshold: (double)1e-35f
 BELOW_ZERO_REGION = float(np.nextafter(-K_ZERO_THRESHOLD, -np.inf))  # the largest float64 < -kZeroThreshold
@@ -223,7 +223,7 @@ def parse_lightgbm_dump(doc: Any, source: str = "lightgbm-json") -> TreeEnsemble
               "probabilities": "per-class sigmoids normalised (LightGBM multiclassova); the parse's softmax has the same argmax"
               if objective == "multiclassova" else "as LightGBM"},
     )
-    return check_reachable(ens.validate())
+    return check_reachable(check_tree_caps(ens.validate()))
 
 
 __all__ = ["BELOW_ZERO_REGION", "CLASSIFIER_OBJECTIVES", "K_ZERO_THRESHOLD", "is_lightgbm_dump", "parse_lightgbm_dump", "parse_objective"]

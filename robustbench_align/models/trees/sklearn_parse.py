@@ -19,7 +19,7 @@ import numpy as np
 
 from ...errors import ModelError
 from ..base import Tree, TreeEnsemble
-from .checks import measure_bias, probe_points
+from .checks import check_tree_caps, measure_bias, probe_points
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +91,7 @@ def parse_sklearn_forest(est: Any) -> TreeEnsemble:
         link="identity", source=f"sklearn.{type(est).__name__}",
         meta={"library": "scikit-learn", "library_version": sklearn.__version__, "classes": [str(c) for c in est.classes_]},
     ).validate()
+    check_tree_caps(ens)
     P = probe_points(ens.trees, d)
     bias = measure_bias(ens, P, quiet(est.predict_proba, P), f"parse_sklearn_forest({type(est).__name__})", rel=1e-12)
     if np.abs(bias).max() > 1e-9:
@@ -129,6 +130,7 @@ def parse_sklearn_gbdt(est: Any) -> TreeEnsemble:
         meta={"library": "scikit-learn", "library_version": sklearn.__version__, "loss": str(est.loss), "raw_scale": scale,
               "classes": [str(c) for c in est.classes_]},
     ).validate()
+    check_tree_caps(ens)
     P = probe_points(ens.trees, d)
     raw = np.asarray(quiet(est.decision_function, P), dtype=np.float64).reshape(P.shape[0], -1) * scale
     bias = measure_bias(ens, P, raw, f"parse_sklearn_gbdt({type(est).__name__})", rel=1e-13)

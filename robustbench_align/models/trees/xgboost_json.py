@@ -16,7 +16,7 @@ import numpy as np
 
 from ...errors import ModelError, first_line
 from ..base import Tree, TreeEnsemble
-from .checks import check_reachable
+from .checks import check_node_count, check_reachable, check_tree_caps
 
 XGB_OBJECTIVES = ("binary:logistic", "binary:logitraw", "multi:softprob", "multi:softmax")
 
@@ -72,6 +72,7 @@ def _xgb_tree(tj: Any, index: int, out: int, n_outputs: int, weight: float) -> T
     except KeyError as exc:
         raise ModelError(f"XGBoost JSON: tree {index} lacks {exc.args[0]!r}; the model file is malformed") from None
     n = left.size
+    check_node_count(n, index, "XGBoost JSON")
     if not (right.size == split_idx.size == cond.size == n) or n == 0:
         raise ModelError(f"XGBoost JSON: tree {index} has node arrays of different lengths; the model file is malformed")
     tp = tj.get("tree_param")
@@ -171,7 +172,7 @@ def parse_xgboost_doc(doc: Any, n_iterations: int | None = None, source: str = "
         meta={"library": "xgboost", "objective": objective, "booster": booster_name,
               "model_version": ".".join(str(v) for v in version) if isinstance(version, list) else str(version)},
     )
-    check_reachable(ens.validate())
+    check_reachable(check_tree_caps(ens.validate(), "XGBoost JSON"))
     return ens
 
 
