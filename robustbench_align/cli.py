@@ -457,9 +457,13 @@ def main() -> None:
     from .errors import Interrupted, Terminated
 
     received: list[int] = []
+    unraisable_hook = sys.unraisablehook
 
     def interrupt(signum: int, frame: Any) -> None:
         received.append(signum)
+        # Objects freed while the run unwinds (e.g. a half-built XGBoost DMatrix) may fail in __del__;
+        # Python would print that as a traceback after our one line. The run is ending: say nothing.
+        sys.unraisablehook = lambda unraisable: None
         if signum == signal.SIGTERM:
             raise Terminated
         raise KeyboardInterrupt
@@ -505,6 +509,7 @@ def main() -> None:
     finally:  # an in-process caller gets its handlers back
         for signum, handler in saved.items():
             signal.signal(signum, handler)
+        sys.unraisablehook = unraisable_hook
 
 
 if __name__ == "__main__":  # pragma: no cover

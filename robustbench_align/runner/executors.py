@@ -167,7 +167,14 @@ def _pool_processes(pool: Any) -> list[Any]:
 
 
 def _how_workers_died(processes: Sequence[Any]) -> str:
-    """How the dead ones of `processes` ended, e.g. "killed by SIGKILL, as the kernel does when memory runs out"."""
+    """How the dead ones of `processes` ended, e.g. "killed by SIGKILL, as the kernel does when memory runs out".
+
+    The pool's own thread reaps the workers concurrently; a poll that loses that race reads None
+    although the process is dead, so wait (at most 2 s) until every dead worker has its exit code.
+    """
+    deadline = time.monotonic() + 2.0
+    while time.monotonic() < deadline and not all(p.exitcode is not None for p in processes):
+        time.sleep(0.05)
     codes = sorted({p.exitcode for p in processes if p.exitcode not in (None, 0)})
     if len(codes) > 1:  # the pool SIGTERMs the other workers once one died
         codes = [c for c in codes if c != -signal.SIGTERM]
