@@ -1,6 +1,8 @@
 """The `rba` command line: run the benchmark plan, evaluate a new model, render leaderboards, correlate.
 
-Every expected failure is printed as one line on stderr with exit code 2.
+Every expected failure is printed as one line on stderr with exit code 2; a run stopped by Ctrl-C or
+SIGTERM exits 130 / 143 and says how many cells were stored. Messages are printed with control
+characters escaped, whatever names they quote.
 """
 from __future__ import annotations
 
@@ -187,13 +189,22 @@ def _load_target(target: str, trust_pickle: bool) -> tuple[Any, bool]:
         mod, _, attr = target.partition(":")
         try:
             obj = getattr(importlib.import_module(mod), attr)
-        except (ImportError, AttributeError) as exc:
+        except Exception as exc:  # noqa: BLE001 - importing runs the module's code: any failure is one line
             raise ModelError(f"cannot import {target!r} ({type(exc).__name__}: {exc})") from None
-        if _is_factory(obj):
-            obj = obj()
+        try:
+            if _is_factory(obj):
+                obj = obj()
+        except Exception as exc:  # noqa: BLE001 - user code: any failure becomes one line
+            raise ModelError(f"{target!r}: calling the factory raised {type(exc).__name__}: {first_line(exc, with_type=False)}") from None
         from .models.base import wrap
 
-        return wrap(obj, name=attr), False
+        try:
+            return wrap(obj, name=attr), False
+        except RBAError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - an object whose attribute hooks raise is refused in one line
+            raise ModelError(f"{target!r} cannot be used as a model ({type(exc).__name__}: {first_line(exc, with_type=False)}); "
+                             "give a torch module, an estimator with predict_proba, or a predict_proba callable") from None
     raise ModelError(
         f"cannot load model {target!r}: give a registry name ({', '.join(list_models())}), a model file (.json, .txt, .cbm, "
         ".onnx, .skops), a saved model directory, or module:attr returning a torch module or estimator"
@@ -202,7 +213,8 @@ def _load_target(target: str, trust_pickle: bool) -> tuple[Any, bool]:
 
 @app.command()
 def evaluate(
-    target: str = typer.Argument(..., help="Registry name, model file (.json, .txt, .cbm, .onnx, .skops), saved model dir, or module:attr."),
+    target: str = typer.Argument(..., help="Registry name, model file (.json, .txt, .cbm, .onnx, .skops), saved model dir, "
+                                 "or module:attr (imports and runs that module: trusted code only)."),
     dataset: str = typer.Option(..., "--dataset", "-d", help="Dataset name (see `rba datasets`)."),
     name: str | None = typer.Option(None, "--name", help="Name shown in the leaderboard."),
     config: Path | None = typer.Option(None, "--config", help="Plan file whose threats/points/seeds to use."),
@@ -213,8 +225,16 @@ def evaluate(
     points: int | None = typer.Option(None, "--points", help="Test points to evaluate (0 = every test point; default: the plan's)."),
     chunk: int | None = typer.Option(None, "--chunk", help="Points per chunk: larger samples run, store and resume by chunk (default 500; 0 = off)."),
     wait: bool = typer.Option(False, "--wait", help="Wait for another run on the same store instead of refusing."),
+    replace: bool = typer.Option(False, "--replace", help="Let --name drop the stored runs of a different model of that name."),
 ) -> None:
-    """Evaluate a new model under the plan's threat models and rank it in the same leaderboard."""
+    """Evaluate a new model under the plan's threat models and rank it in the same leaderboard.
+
+    A model is identified by its content (file bytes, or the object's state), so two different
+    models never share results: a --name that is a registry model or holds another model's results
+    is refused, a name taken from the file is extended with the model's fingerprint. Runs already
+    stored for this model, data and settings are reused. A module:attr target imports that module
+    and runs its code (and calls a factory): give only code you trust.
+    """
     from .runner.api import evaluate as _evaluate
     from .runner.config import load_plan
 
@@ -229,8 +249,8 @@ def evaluate(
     obj, is_registry = _load_target(target, trust_pickle)
     frames = []
     for seed in plan.seeds:
-        shown_name = name or (None if is_registry else getattr(obj, "name", None) or Path(target).stem)
-        frames.append(_evaluate(obj, dataset, threats=plan.threats, points=plan.points, seed=seed, name=shown_name,
+        frames.append(_evaluate(obj, dataset, threats=plan.threats, points=plan.points, seed=seed, name=None if is_registry else name,
+                                replace=replace and not is_registry,
                                 store=store, attack_time_limit=plan.attack_time_limit, dataset_params=plan.dataset_params.get(dataset),
                                 certify=plan.certify, chunk_points=plan.chunk_points, wait=wait, progress=not _state["quiet"],
                                 model_params=plan.model_params.get(target) if is_registry else None, attack_effort=plan.attack_effort))
@@ -442,6 +462,13 @@ def bench(quick: bool = typer.Option(False, "--quick", help="Smaller sizes; fini
     raise typer.Exit(128 - rc if rc < 0 else rc)  # the suite's exit code; killed by signal N: 128 + N, as a shell reports it
 
 
+def _safe(line: str) -> str:
+    """One message line with its control characters (escape sequences, carriage returns) shown as escapes."""
+    from .reports.export import visible
+
+    return visible(line)
+
+
 def main() -> None:
     """Entry point: run the app and exit with its exit code.
 
@@ -481,10 +508,10 @@ def main() -> None:
         try:
             rc = app(standalone_mode=False)
         except Interrupted as exc:
-            sys.stderr.write(f"rba: {first_line(exc, with_type=False)}\n")
+            sys.stderr.write(f"rba: {_safe(first_line(exc, with_type=False))}\n")
             sys.exit(code(exc.signum))
         except RBAError as exc:
-            sys.stderr.write(f"rba: error: {first_line(exc, with_type=False)}\n")
+            sys.stderr.write(f"rba: error: {_safe(first_line(exc, with_type=False))}\n")
             sys.exit(2)
         except (typer.Exit, SystemExit) as exc:
             sys.exit(getattr(exc, "exit_code", getattr(exc, "code", 0)) or 0)
@@ -493,7 +520,7 @@ def main() -> None:
             sys.exit(code(getattr(exc, "signum", None)))
         except Exception as exc:  # usage errors of the (vendored) click layer
             if hasattr(exc, "format_message") and hasattr(exc, "exit_code"):
-                sys.stderr.write(f"rba: error: {exc.format_message().splitlines()[0]}\n")
+                sys.stderr.write(f"rba: error: {_safe(exc.format_message().splitlines()[0])}\n")
                 sys.exit(2)
             if type(exc).__name__ == "Abort":
                 sys.stderr.write("rba: interrupted\n")

@@ -11,6 +11,8 @@ schema, before it is parsed.
 """
 from __future__ import annotations
 
+import hashlib
+import io
 import os
 import stat
 from collections import Counter
@@ -50,21 +52,30 @@ def read_table(kind: str, path: str | os.PathLike) -> Any:
             dup = _duplicates(header)
             if dup:
                 raise DataError(f"{who}: duplicate column names {short_list(dup)}; rename them")
-            frame = pd.read_csv(p)
+            data, digest = _read_bytes(p)
+            frame = pd.read_csv(io.BytesIO(data))
         else:
             try:
                 import pyarrow.parquet as pq
             except ImportError:
                 raise DataError(f"{who}: reading Parquet needs pyarrow; pip install 'robustbench-align[parquet]'") from None
-            _check_columns(len(pq.read_schema(p).names), cap, who)
-            frame = pd.read_parquet(p)
+            data, digest = _read_bytes(p)
+            _check_columns(len(pq.read_schema(io.BytesIO(data)).names), cap, who)
+            frame = pd.read_parquet(io.BytesIO(data))
     except DataError:
         raise
     except Exception as exc:  # noqa: BLE001 - any parser failure becomes one clear line
         raise DataError(f"{who}: could not be read as {kind} ({first_line(exc)})") from None
     if frame.shape[0] == 0:
         raise DataError(f"{who}: the table has no rows")
+    frame.attrs["sha256"] = digest  # the identity of exactly the bytes parsed
     return frame
+
+
+def _read_bytes(path: Path) -> tuple[bytes, str]:
+    """The file's bytes (read once, so the digest is of exactly what is parsed) and their SHA-256."""
+    data = path.read_bytes()
+    return data, hashlib.sha256(data).hexdigest()
 
 
 def _file_kind(mode: int) -> str | None:
@@ -158,6 +169,7 @@ def load_table(
 
     who = one_line(f"{kind}:{path}")
     frame = read_table(kind, path)
+    digest = frame.attrs.get("sha256")
     frame.columns = [str(c) for c in frame.columns]
     if len(set(frame.columns)) != len(frame.columns):
         dup = _duplicates(list(frame.columns))
@@ -188,7 +200,7 @@ def load_table(
         y = yser.astype(str).to_numpy(dtype=object)
     resolved = Path(os.path.expanduser(path)).resolve()
     meta = {
-        "source": f"{kind} file {resolved}", "path": str(resolved), "target": tcol, "dropped": drops,
+        "source": f"{kind} file {resolved}", "path": str(resolved), "sha256": digest, "target": tcol, "dropped": drops,
         "params": {"target": tcol, "drop": drops, "test_size": test_size, "standardize": standardize},
     }
     return build_dataset(f"{kind}:{path}", X, y, seed=seed, feature_names=feats, test_size=test_size,

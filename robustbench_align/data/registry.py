@@ -17,8 +17,10 @@ from __future__ import annotations
 import difflib
 import inspect
 import math
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, cast
 
 import numpy as np
@@ -296,6 +298,35 @@ def _load_family(family: str, arg: str, seed: int, params: dict[str, Any]) -> Da
     ds.meta["params"] = {**kwonly, **loaded, **given}
     ds.name = _display_name(f"{family}:{arg}", given, kwonly)
     return ds
+
+
+def source_digest(name: str, **params: Any) -> str | None:
+    """SHA-256 of the bytes a file-backed dataset (`csv:`, `parquet:`, `uci121:`) is read from, None for
+    the bundled and generated ones (their content is fixed by name, parameters and library versions)
+    or when the source cannot be read (loading it then reports why).
+
+    It equals the `sha256` the loader records in `Dataset.meta` when the file has not changed in between.
+    """
+    from ..fingerprint import file_digest
+
+    family, sep, arg = str(name).strip().partition(":")
+    if not sep or family not in FAMILIES or not arg:
+        return None
+    try:
+        if family == "uci121":
+            from .uci121 import resolve_root
+
+            root = params.get("root", params.get("uci_dir"))
+            path = resolve_root(root) / arg
+            if not path.is_dir():
+                return None
+        else:
+            path = Path(os.path.expanduser(arg))
+            if not path.is_file():
+                return None
+        return file_digest(path)
+    except (OSError, DataError):
+        return None
 
 
 def load_dataset(name: str, seed: int = 0, **params: Any) -> Dataset:

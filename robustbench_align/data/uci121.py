@@ -29,6 +29,7 @@ from typing import Any, cast
 import numpy as np
 
 from ..errors import DataError
+from ..fingerprint import file_digest
 from .tabular import Dataset, apply_standardizer, check_finite_features, encode_labels, fit_standardizer, short_list
 
 log = logging.getLogger(__name__)
@@ -233,7 +234,7 @@ def load_uci121(
         log.warning("%s fold %d: classes %s have no training rows", who, fold, ", ".join(missing))
     meta: dict[str, Any] = {
         "source": f"UCI-121 collection (Fernández-Delgado et al. 2014), {table.data_file}",
-        "root": str(table.directory.parent), "data_file": table.data_file.name, "fold": fold, "seed": int(seed),
+        "root": str(table.directory.parent), "sha256": file_digest(table.directory), "data_file": table.data_file.name, "fold": fold, "seed": int(seed),
         "standardize": bool(standardize), "mean": mean, "std": std, "val": val,
         "train_index": tr, "test_index": te, "val_index": va if val == "conxuntos" else None,
         "search_train_index": table.search_split[0], "n_rows": int(table.X.shape[0]),

@@ -122,8 +122,33 @@ def load_model(path: str | os.PathLike[str], *, trust_pickle: bool = False, name
 
     A path that is missing, a directory without a manifest, or a FIFO/socket/device is refused with a
     one-line ModelError saying which (a FIFO is never opened, so loading cannot block on it).
+    The model carries the SHA-256 of the bytes it was read from (`source_sha256_`): its identity
+    in the store, so two different files with one name never share results.
     """
+    from ..fingerprint import SOURCE_ATTR, file_digest
+
     path = Path(path)
+    before = _stat_or_none(path)
+    model = _load_model(path, trust_pickle=trust_pickle, name=name)
+    digest = file_digest(path)
+    if before is None or _stat_or_none(path) != before:
+        raise ModelError(f"model path {str(path)!r} changed while it was being read; load it again once it is written")
+    setattr(model, SOURCE_ATTR, digest)
+    return model
+
+
+def _stat_or_none(path: Path) -> Any:
+    from ..fingerprint import stat_key
+
+    try:
+        if path.is_dir():
+            return sorted((str(q), stat_key(q)) for q in path.rglob("*") if q.is_file())
+        return stat_key(path)
+    except OSError:
+        return None
+
+
+def _load_model(path: Path, *, trust_pickle: bool, name: str | None) -> Model:
     wanted = "give a model file or a directory written by save_model"
     try:
         mode = path.stat().st_mode
@@ -309,10 +334,15 @@ def params_hash(spec_name: str, params: dict[str, Any]) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def cache_dir_for(root: str | os.PathLike[str], spec_name: str, params: dict[str, Any], dataset: str, seed: int) -> Path:
-    """Where the fit of (spec, params, dataset, seed) is cached under `root`."""
+def cache_dir_for(root: str | os.PathLike[str], spec_name: str, params: dict[str, Any], dataset: str, seed: int,
+                  content: str = "") -> Path:
+    """Where the fit of (spec, params, dataset, seed) is cached under `root`.
+
+    `content` is the fingerprint of the training data (`Dataset.fingerprint`): a dataset whose file
+    changed gets another entry, never the fit of the old content.
+    """
     safe_ds = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in dataset)[:80]
-    ds_hash = hashlib.sha256(dataset.encode()).hexdigest()[:8]
+    ds_hash = hashlib.sha256(f"{dataset}\0{content}".encode()).hexdigest()[:12]
     return Path(root) / spec_name / f"{safe_ds}-{ds_hash}" / f"seed{seed}-{params_hash(spec_name, params)}"
 
 
@@ -326,7 +356,7 @@ def fit_cached(spec_name: str, dataset: Any, seed: int, cache_root: str | os.Pat
 
     est: Any = build(spec_name, random_state=seed, **overrides)
     if cache_root is not None:
-        where = cache_dir_for(cache_root, spec_name, est.get_params(), dataset.name, seed)
+        where = cache_dir_for(cache_root, spec_name, est.get_params(), dataset.name, seed, dataset.fingerprint())
         if (where / MANIFEST).exists():
             try:
                 model = _load_dir(where, name=spec_name)

@@ -135,7 +135,9 @@ def run_rfam(datasets: Sequence[str] | None = None, seeds: int = 4, *, uci_dir: 
     }
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    per_run.to_csv(out / f"{prefix}_runs.csv", index=False)
+    from ..reports.export import csv_safe
+
+    csv_safe(per_run).to_csv(out / f"{prefix}_runs.csv", index=False)  # names that look like formulas stay text
     (out / f"{prefix}.json").write_text(json.dumps(jsonable(summary, finite=True), indent=1, allow_nan=True))
     _plot(summary["per_dataset"], out / f"{prefix}.png", arms)
     (out / f"{prefix}.md").write_text(render_report(summary, arms, prefix))

@@ -90,7 +90,7 @@ def evaluate(model: Any, dataset: str, *, threats: Iterable[str] = ("linf", "l2"
              name: str | None = None, store: str | os.PathLike | None = None, attack_time_limit: float = 300.0,
              dataset_params: dict[str, Any] | None = None, certify: Any = "auto", chunk_points: int = DEFAULT_CHUNK_POINTS,
              wait: bool = False, progress: bool = False, model_params: dict[str, Any] | None = None,
-             attack_effort: str = "default") -> Any:
+             attack_effort: str = "default", replace: bool = False) -> Any:
     """Evaluate one model (a registry name, or any object `wrap` accepts) on one dataset.
 
     Returns a pandas DataFrame with one row per threat model (clean accuracy, robust accuracy at the
@@ -98,7 +98,15 @@ def evaluate(model: Any, dataset: str, *, threats: Iterable[str] = ("linf", "l2"
     (default), a certifier name or "none" (see `minimal_radius`); `attack_time_limit` is a safety net
     in seconds per point, the exact attacks stop on deterministic work budgets. With `store`, the runs are also written there so
     the model appears in the same leaderboard as the registry; the store is locked before anything
-    is computed (busy: StoreError, or wait for it with `wait=True`).
+    is computed (busy: StoreError, or wait for it with `wait=True`), and runs already stored for the
+    same model, data and settings are reused, not recomputed.
+
+    A user model is identified by its content, not its name: the bytes of the file it was loaded
+    from, else the state of the object (and its outputs on probe points where the state is not
+    visible); a file-backed dataset by its content hash. A `name` that is a registry model, or that
+    already holds a different model's results in `store`, is refused (`replace=True` drops that
+    other model's runs first); a name taken from the model itself (no `name`) is disambiguated
+    with the fingerprint instead, and a warning says so.
 
     `attack_effort` is "fast", "default" or "full" (as in a plan). `model_params` override a
     registry model's parameters (as a plan's `[model_params.<name>]` does).
@@ -124,9 +132,12 @@ def evaluate(model: Any, dataset: str, *, threats: Iterable[str] = ("linf", "l2"
     ds = load_dataset(dataset, seed=seed, **dict(dataset_params or {}))
     common: dict[str, Any] = {"dataset": dataset, "seed": seed, "threats": list(threats), "points": points, "attack_time_limit": attack_time_limit,
               "dataset_params": dict(dataset_params or {}), "certify": method, "chunk_size": chunk_points,
-                              "attack_effort": attack_effort}
+                              "attack_effort": attack_effort, "data_sha256": ds.meta.get("sha256")}
     model_obj = None
+    fingerprint = None
     if isinstance(model, str):
+        if replace:
+            raise ConfigError("replace applies to user models only; a registry model's runs are keyed by its parameters")
         job = Job(model=model, model_params=dict(model_params or {}), **common)
     else:
         if model_params:
@@ -135,12 +146,22 @@ def evaluate(model: Any, dataset: str, *, threats: Iterable[str] = ("linf", "l2"
         if m.n_features != ds.n_features:  # refuse before anything runs or is written
             raise ConfigError(f"model {getattr(m, 'name', 'model')!r} expects {m.n_features} features but dataset {dataset!r} has {ds.n_features}; "
                               "evaluate it on data with the columns it was trained on")
-        label = name or getattr(m, "name", None) or "user-model"
-        m.name = label
+        from ..fingerprint import model_fingerprint
+
+        fingerprint = model_fingerprint(model, m)
         model_obj = m
-        job = Job(model=label, model_params={"user_model": label}, model_family="user", **common)
-    chunks = job.chunks(int(ds.X_test.shape[0]))
+    n_test = int(ds.X_test.shape[0])
     del ds
+
+    def user_job(label: str) -> Job:
+        if model_obj is not None:
+            model_obj.name = label
+        return Job(model=label, model_params={"user_model": label, "fingerprint": fingerprint}, model_family="user", **common)
+
+    if model_obj is not None:
+        label = _user_label(name, getattr(model_obj, "name", None), fingerprint, None, replace)
+        job = user_job(label)
+    chunks = job.chunks(n_test)
     if store is None and len(chunks) == 1:
         recs = run_job(chunks[0], model_obj=model_obj)
         _raise_if_all_failed(recs, job, dataset)
@@ -150,9 +171,17 @@ def evaluate(model: Any, dataset: str, *, threats: Iterable[str] = ("linf", "l2"
             store = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="rba-eval-"))) / "scratch.sqlite"
         stack.enter_context(exclusive(store, wait=wait))
         st = stack.enter_context(Store(store))
+        if model_obj is not None:  # under the lock: no other run can take the name in between
+            label = _user_label(name, label, fingerprint, st, replace)
+            job = user_job(label)
+            chunks = job.chunks(n_test)
         run_ids = sorted(set(chunks[0].run_ids().values()))
-        partial = st.stored_chunks()  # an interrupted evaluation resumes after its stored chunks; finished runs are recomputed
-        todo = [c for c in chunks if not (c.n_chunks > 1 and all(c.chunk in partial.get(r, ()) for r in run_ids))]
+        done = st.finished(include_failed=False)
+        partial = st.stored_chunks()  # an interrupted evaluation resumes after its stored chunks
+        if set(run_ids) <= done:  # the same model, data and settings are stored: reuse them
+            todo: list[Job] = []
+        else:
+            todo = [c for c in chunks if not (c.n_chunks > 1 and all(c.chunk in partial.get(r, ()) for r in run_ids))]
         bar = _points_bar(sum(c.n_points() for c in chunks), progress and len(chunks) > 1)
         bar.update(sum(c.n_points() for c in chunks) - sum(c.n_points() for c in todo))
         records: list[RunRecord] = []
@@ -172,16 +201,57 @@ def evaluate(model: Any, dataset: str, *, threats: Iterable[str] = ("linf", "l2"
             raise Interrupted(stored, getattr(exc, "signum", 2), "chunks") from None
         finally:
             bar.close()
-        runs = st.runs()
+        runs = st.runs(history=True)
         runs = runs[runs["run_id"].isin(run_ids)]
         pts = st.points(run_ids)
-    if len(chunks) == 1:
+    if records:
         _raise_if_all_failed(records, job, dataset)
         return summarize_runs_records(records)
     if runs.empty or (runs["status"] != "ok").all():
         err = runs["error"].iloc[0] if not runs.empty else "no run was stored"
         raise RBAError(f"evaluation of {job.model!r} on {dataset!r} failed: {err}")
     return _summary(runs, pts)
+
+
+def _user_label(name: str | None, derived: str | None, fingerprint: Any, store: Store | None, replace: bool) -> str:
+    """The leaderboard name of a user model: refuse an explicit `name` that is taken, disambiguate a derived one."""
+    import logging
+
+    from ..models.registry import list_models
+
+    label: Any = name if name is not None else (derived or "user-model")  # Any: a Python caller may pass anything
+    if not isinstance(label, str) or not label.strip():
+        raise ConfigError(f"name must be a non-empty string, got {label!r}")
+    fp = str(fingerprint)
+    short = fp.split(":", 1)[-1]
+
+    def taken(candidate: str) -> tuple[str | None, list[str]]:
+        """Why `candidate` cannot hold this model (None: it can), and the other model's run ids."""
+        if candidate in list_models():
+            return "is a registry model", []
+        if store is None:
+            return None, []
+        others = {k: v for k, v in store.model_identities(candidate).items() if k != fp}
+        if not others:
+            return None, []
+        return "already holds the results of a different model in this store", [r for v in others.values() for r in v]
+
+    why, other_ids = taken(label)
+    if why is None:
+        return label
+    if name is not None:
+        if replace and other_ids and "registry" not in (store.model_identities(label) if store is not None else {}):
+            n = store.delete_runs(other_ids) if store is not None else 0
+            logging.getLogger(__name__).warning("replaced %d run(s) of the earlier model named %r", n, label)
+            return label
+        fix = "give your model another name" + ("" if why == "is a registry model" else ", or replace the other model's runs (CLI: --replace)")
+        raise ConfigError(f"name {label!r} {why}; {fix}")
+    for width in (8, 16, 32):
+        candidate = f"{label}-{short[:width]}"
+        if taken(candidate)[0] is None:
+            logging.getLogger(__name__).warning("name %r %s; this model is stored as %r (pass a name to choose one)", label, why, candidate)
+            return candidate
+    raise ConfigError(f"name {label!r} {why}; give your model another name")
 
 
 __all__ = ["evaluate", "run_plan"]

@@ -66,6 +66,15 @@ class Plan:
                     n_test[(d, s)] = 0
             return n_test[(d, s)]
 
+        digests: dict[str, str | None] = {}
+
+        def digest(d: str) -> str | None:
+            if d not in digests:
+                from ..data.registry import source_digest
+
+                digests[d] = source_digest(d, **self.dataset_params.get(d, {}))
+            return digests[d]
+
         out: list[Job] = []
         for s in self.seeds:
             for d in self.datasets:
@@ -74,7 +83,7 @@ class Plan:
                         model=m, dataset=d, seed=s, threats=list(self.threats), points=self.points,
                         attack_time_limit=self.attack_time_limit, attack_effort=self.attack_effort, certify=self.certify,
                         model_params=dict(self.model_params.get(m, {})), dataset_params=dict(self.dataset_params.get(d, {})),
-                        cache_dir=cache_dir, chunk_size=self.chunk_points,
+                        cache_dir=cache_dir, chunk_size=self.chunk_points, data_sha256=digest(d),
                     )
                     small = 0 < self.points <= self.chunk_points or self.chunk_points <= 0
                     out.extend([job] if small else job.chunks(test_points(d, s)))

@@ -53,6 +53,7 @@ class Job:
     chunk: int = 0  # which slice of the sample this job evaluates
     n_chunks: int = 1  # slices of the sample; 1 = not chunked (the run's config then has no chunk key)
     sample_size: int | None = None  # the sample's size when the chunks were planned (set by `chunks`)
+    data_sha256: str | None = None  # content hash of a file-backed dataset (data.registry.source_digest): part of the key
 
     def run_id(self, threat: str, resolved_params: dict[str, Any] | None = None) -> str:
         """The store key of this cell under `threat`: a hash of everything that determines the result."""
@@ -73,6 +74,8 @@ class Job:
         }
         if self.n_chunks > 1:
             cfg["chunk_points"] = self.chunk_size
+        if self.data_sha256 is not None:  # a file's content, not its path, identifies the data
+            cfg["data_sha256"] = self.data_sha256
         return cfg
 
     def chunks(self, n_test: int) -> list[Job]:
@@ -174,6 +177,10 @@ def run_job(job: Job, model_obj: Any = None, on_model: Any = None) -> list[RunRe
         log.warning("fit failed for %s on %s: %s", job.model, job.dataset, msg)
         return [failed(t, f"fit: {msg}") for t in job.threats]
 
+    if job.data_sha256 is not None and ds.meta.get("sha256") != job.data_sha256:
+        msg = (f"dataset {job.dataset!r} changed since the plan was made (its content hash differs); "
+               "rerun to evaluate the new content")
+        return [failed(t, msg, fit_time) for t in job.threats]
     sample = sample_points(ds.X_test.shape[0], job.points, job.seed)
     if job.n_chunks > 1 and sample.size != job.sample_size:  # the data changed between planning and running
         msg = (f"dataset {job.dataset!r} gives a sample of {sample.size} test points, the chunks were planned for {job.sample_size}; "

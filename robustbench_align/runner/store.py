@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from ..errors import StoreError, first_line
@@ -75,6 +76,39 @@ _CHUNKS_TABLE = """CREATE TABLE IF NOT EXISTS chunks (
   run_id TEXT NOT NULL, chunk INTEGER NOT NULL, n_chunks INTEGER NOT NULL, status TEXT NOT NULL,
   run TEXT NOT NULL, points TEXT NOT NULL, created REAL, PRIMARY KEY (run_id, chunk)
 )"""
+
+
+def _content_key(config: Any) -> str:
+    """What a run was computed on beyond its cell: the data file's content hash and the user model's fingerprint."""
+    cfg: Any = config
+    if isinstance(config, str):
+        try:
+            cfg = json.loads(config)
+        except ValueError:
+            cfg = {}
+    if not isinstance(cfg, dict):
+        cfg = {}
+    params = cfg.get("model_params")
+    fp = params.get("fingerprint") if isinstance(params, dict) else None
+    return f"{cfg.get('data_sha256')}|{fp}"
+
+
+def superseded(runs: pd.DataFrame) -> set[str]:
+    """Run ids replaced by a later run of the same cell (model, dataset, threat, seed) on other content.
+
+    When a data file changes (or a model is replaced under its name), the new runs get new keys and
+    the old ones stay in the store as history; reports show only the runs on the newest content.
+    """
+    if runs.empty:
+        return set()
+    df = runs.assign(_key=runs["config"].map(_content_key), _t=pd.to_numeric(runs["created"], errors="coerce").fillna(0.0))
+    out: set[str] = set()
+    for _, g in df.groupby(["model", "dataset", "threat", "seed"], sort=False):
+        if g["_key"].nunique() < 2:
+            continue
+        newest = g["_key"].iloc[int(np.argmax(g["_t"].to_numpy()))]
+        out.update(g.loc[g["_key"] != newest, "run_id"])
+    return out
 
 
 def _merge_chunk_runs(runs: list[dict[str, Any]], rows: list[list[Any]]) -> dict[str, Any]:
@@ -486,7 +520,7 @@ class Store:
         """Chunks stored per run that is not assembled yet (run_id -> chunk numbers)."""
         q = "SELECT run_id, chunk FROM chunks" + ("" if include_failed else " WHERE status='ok'")  # noqa: S608 - literals only
         try:
-            if not self.conn.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name='chunks'").fetchone():
+            if not self._has_chunks():
                 return {}
             out: dict[str, set[int]] = {}
             for rid, c in self.conn.execute(q):
@@ -494,6 +528,10 @@ class Store:
             return out
         except (sqlite3.Error, UnicodeDecodeError) as exc:
             raise StoreError(f"{str(self.path)!r} cannot be read ({first_line(exc)}); restore it or delete it and re-run") from None
+
+    def _has_chunks(self) -> bool:
+        """Whether the (lazily created) chunks table exists."""
+        return self.conn.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name='chunks'").fetchone() is not None
 
     # --- reading ---------------------------------------------------------------------
     def _read_error(self, exc: BaseException) -> StoreError:
@@ -520,6 +558,49 @@ class Store:
 
         df[col] = df[col].map(load)
 
+    def model_identities(self, name: str) -> dict[str, list[str]]:
+        """The models stored under leaderboard name `name`: identity -> their run ids.
+
+        A user model's identity is its fingerprint ("unrecorded" for runs stored before fingerprints
+        were recorded); a registry model's is "registry".
+        """
+        try:
+            rows = list(self.conn.execute("SELECT run_id, config FROM runs WHERE model = ?", [name]))
+            if self._has_chunks():
+                rows += list(self.conn.execute("SELECT run_id, run FROM chunks WHERE json_extract(run, '$.model') = ?", [name]))
+        except (sqlite3.Error, UnicodeDecodeError) as exc:
+            raise self._read_error(exc) from None
+        out: dict[str, list[str]] = {}
+        for run_id, blob in rows:
+            try:
+                cfg = json.loads(blob) if isinstance(blob, str) else {}
+            except ValueError:
+                cfg = {}
+            cfg = cfg.get("config", cfg) if isinstance(cfg, dict) else {}  # a chunk row holds the whole run dict
+            params = cfg.get("model_params") if isinstance(cfg, dict) else None
+            if isinstance(params, dict) and "user_model" in params:
+                ident = str(params.get("fingerprint") or "unrecorded")
+            else:
+                ident = "registry"
+            out.setdefault(ident, []).append(run_id)
+        return out
+
+    def delete_runs(self, run_ids: Iterable[str]) -> int:
+        """Delete these runs (their points and stored chunks too) in one transaction; returns how many runs went."""
+        ids = sorted(set(run_ids))
+        if not ids:
+            return 0
+        with self._tx() as cur:
+            n = 0
+            for i in range(0, len(ids), 500):
+                part = ids[i : i + 500]
+                marks = ", ".join("?" * len(part))
+                cur.execute(f"DELETE FROM points WHERE run_id IN ({marks})", part)  # noqa: S608 - placeholders only
+                n += cur.execute(f"DELETE FROM runs WHERE run_id IN ({marks})", part).rowcount  # noqa: S608
+                if self._has_chunks():
+                    cur.execute(f"DELETE FROM chunks WHERE run_id IN ({marks})", part)  # noqa: S608
+        return n
+
     def finished(self, include_failed: bool = True) -> set[str]:
         q = "SELECT run_id FROM runs" + ("" if include_failed else " WHERE status='ok'")  # noqa: S608 - two literal strings, no input
         try:
@@ -527,16 +608,27 @@ class Store:
         except (sqlite3.Error, UnicodeDecodeError) as exc:
             raise self._read_error(exc) from None
 
-    def runs(self) -> pd.DataFrame:
+    def runs(self, history: bool = False) -> pd.DataFrame:
+        """The stored runs; without `history`, only current ones (see `superseded`)."""
         df = self._query("SELECT * FROM runs ORDER BY dataset, threat, model, seed")
         for col in ("config", "versions", "attacks", "flags"):
             self._json_column(df, col)
+        if not history and not df.empty:
+            stale = superseded(df)
+            if stale:
+                df = df[~df["run_id"].isin(stale)].reset_index(drop=True)
         return df
 
     def points(self, run_ids: Iterable[str] | None = None) -> pd.DataFrame:
+        """Per-point rows of `run_ids`, or of every current run (superseded runs left out)."""
         q = "SELECT p.*, r.model, r.family, r.dataset, r.threat, r.norm, r.seed FROM points p JOIN runs r USING (run_id)"
         params: list[Any] = []
-        if run_ids is not None:
+        if run_ids is None:
+            stale = sorted(superseded(self._query("SELECT run_id, model, dataset, threat, seed, config, created FROM runs")))
+            if stale:
+                q += f" WHERE p.run_id NOT IN ({', '.join('?' * len(stale))})"
+                params = stale
+        else:
             ids = list(run_ids)
             q += f" WHERE p.run_id IN ({', '.join('?' * len(ids))})"
             params = ids
@@ -546,7 +638,7 @@ class Store:
 
     def dump(self) -> dict[str, list[dict[Hashable, Any]]]:
         """Everything but timings and creation stamps, for equality checks between runs."""
-        runs = self.runs().drop(columns=["fit_time", "eval_time", "created", "fit_cached"]).to_dict("records")
+        runs = self.runs(history=True).drop(columns=["fit_time", "eval_time", "created", "fit_cached"]).to_dict("records")
         pts = self.points().to_dict("records")
         return {"runs": runs, "points": pts}
 

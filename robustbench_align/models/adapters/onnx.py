@@ -18,6 +18,7 @@ onnxruntime, so every adversarial is verified by onnxruntime itself. Then the st
 """
 from __future__ import annotations
 
+import collections
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -324,9 +325,14 @@ def parse_tree_classifier(a: dict[str, Any], n_features: int) -> TreeEnsemble | 
         return f"post_transform {post} with {k} score columns"
     if base.size not in (0, 1, n_out) or (base.size == 1 and n_out != 1):
         return f"{base.size} base values for {n_out} score columns"
+    from ..trees.checks import check_tree_caps, tree_caps
+
+    node_cap = tree_caps()[1]
     trees: list[Tree] = []
     for t in np.unique(tids):
         rows = np.flatnonzero(tids == t)
+        if rows.size > node_cap:  # before any per-node work: a huge tree is refused at once
+            return f"tree {int(t)} has {rows.size} nodes, above the cap of {node_cap} per tree (RBA_MAX_TREE_NODES)"
         index = {int(nids[r]): int(r) for r in rows}
         if len(index) != rows.size:
             return f"tree {int(t)} repeats a node id"
@@ -336,9 +342,9 @@ def parse_tree_classifier(a: dict[str, Any], n_features: int) -> TreeEnsemble | 
             return f"tree {int(t)} has {len(roots)} roots"
         order: list[int] = []  # BFS renumbering: the root becomes node 0
         pos: dict[int, int] = {}
-        queue = [roots[0]]
+        queue = collections.deque([roots[0]])
         while queue:
-            nid = queue.pop(0)
+            nid = queue.popleft()
             if nid in pos or nid not in index:
                 return f"tree {int(t)} is not a tree (node {nid})"
             pos[nid] = len(order)
@@ -376,8 +382,12 @@ def parse_tree_classifier(a: dict[str, Any], n_features: int) -> TreeEnsemble | 
         b = float(bias[0])
         bias = np.array([1.0 - b, b])
         n_out = 2
-    return TreeEnsemble(trees=tuple(trees), n_features=n_features, n_classes=k, n_outputs=n_out, strict=strict, bias=bias,
-                        combine="sum", link=link, source="onnx").validate()
+    ens = TreeEnsemble(trees=tuple(trees), n_features=n_features, n_classes=k, n_outputs=n_out, strict=strict, bias=bias,
+                       combine="sum", link=link, source="onnx").validate()
+    try:
+        return check_tree_caps(ens)  # the depth cap, as for every other parser
+    except ModelError as exc:
+        return first_line(exc, with_type=False)
 
 
 def threshold_probes(ens: TreeEnsemble, rng: np.random.Generator, limit: int = _MAX_THRESHOLD_PROBES) -> np.ndarray:
