@@ -151,7 +151,6 @@ def evaluate(model: Any, dataset: str, *, threats: Iterable[str] = ("linf", "l2"
         fingerprint = model_fingerprint(model, m)
         model_obj = m
     n_test = int(ds.X_test.shape[0])
-    del ds
 
     def user_job(label: str) -> Job:
         if model_obj is not None:
@@ -163,7 +162,7 @@ def evaluate(model: Any, dataset: str, *, threats: Iterable[str] = ("linf", "l2"
         job = user_job(label)
     chunks = job.chunks(n_test)
     if store is None and len(chunks) == 1:
-        recs = run_job(chunks[0], model_obj=model_obj)
+        recs = run_job(chunks[0], model_obj=model_obj, data=ds)
         _raise_if_all_failed(recs, job, dataset)
         return summarize_runs_records(recs)
     with contextlib.ExitStack() as stack:
@@ -189,7 +188,7 @@ def evaluate(model: Any, dataset: str, *, threats: Iterable[str] = ("linf", "l2"
         stored = len(chunks) - len(todo)
         try:
             for c in todo:
-                recs = run_job(c, model_obj=model_obj, on_model=fitted.append if model_obj is None else None)
+                recs = run_job(c, model_obj=model_obj, on_model=fitted.append if model_obj is None else None, data=ds)
                 if model_obj is None and fitted and c.n_chunks > 1:  # fit once: the later chunks reuse the fitted model
                     model_obj = fitted[0]
                 st.write(recs)

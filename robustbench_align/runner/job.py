@@ -133,10 +133,11 @@ def sample_points(n_test: int, points: int, seed: int) -> np.ndarray:
     return np.sort(idx if points <= 0 else idx[: min(points, n_test)])
 
 
-def run_job(job: Job, model_obj: Any = None, on_model: Any = None) -> list[RunRecord]:
+def run_job(job: Job, model_obj: Any = None, on_model: Any = None, data: Any = None) -> list[RunRecord]:
     """Evaluate one cell (or chunk); never raises for model/attack failures: a failed run is recorded with its reason.
 
-    `on_model(model)`, if given, receives the fitted model (so chunks of one cell can share one fit).
+    `on_model(model)`, if given, receives the fitted model (so chunks of one cell can share one fit);
+    `data`, if given, is the job's dataset already loaded (`load_dataset(job.dataset, seed=job.seed, **job.dataset_params)`).
     """
     import torch
 
@@ -162,7 +163,7 @@ def run_job(job: Job, model_obj: Any = None, on_model: Any = None) -> list[RunRe
         )
 
     try:
-        ds = load_dataset(job.dataset, seed=job.seed, **job.dataset_params)
+        ds = data if data is not None else load_dataset(job.dataset, seed=job.seed, **job.dataset_params)
         if model_obj is None:
             model, cached, fit_time = fit_cached(job.model, ds, job.seed, job.cache_dir, **job.model_params)
         else:
