@@ -35,3 +35,14 @@ def test_hostile_module_attr_is_one_line(tmp_path, target, says):
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("rba: error:") and says in lines[0], r.stderr
     assert not (tmp_path / "s.sqlite").exists()
+
+
+def test_help_and_readme_say_module_attr_runs_code():
+    from pathlib import Path
+
+    r = subprocess.run([sys.executable, "-m", "robustbench_align.cli", "evaluate", "--help"], capture_output=True, text=True, timeout=120,
+                       env={**os.environ, "COLUMNS": "200", "TERM": "dumb"})
+    assert r.returncode == 0
+    assert "trusted code only" in " ".join(r.stdout.split())
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    assert "imports that module, which runs its code" in " ".join(readme.split())
