@@ -7,11 +7,14 @@
 - Caps: `env_cap(name, default)` reads a whole-number cap from an environment variable (the
   table column cap $RBA_MAX_COLUMNS, the tree depth and node caps $RBA_MAX_TREE_DEPTH and
   $RBA_MAX_TREE_NODES); a malformed value is a ConfigError naming the variable.
+- Paths: `file_kind(mode)` names what a non-regular file is (a directory, a FIFO, ...), so data and
+  model loaders can refuse it without opening it (reading a FIFO could block forever).
 """
 from __future__ import annotations
 
 import math
 import os
+import stat
 from pathlib import Path
 
 from .errors import ConfigError, ResourceError
@@ -121,3 +124,12 @@ def env_cap(name: str, default: int) -> int:
 
 
 __all__ = ["DEFAULT_MEMORY_FRACTION", "MEMORY_ENV", "available_memory", "check_memory", "env_cap", "format_bytes", "memory_limit"]
+
+
+def file_kind(mode: int) -> str | None:
+    """What a non-regular file is ("a directory", "a FIFO (named pipe)", ...) from its st_mode; None for a regular file."""
+    if stat.S_ISREG(mode):
+        return None
+    kinds = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISSOCK, "a socket"),
+             (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"))
+    return next((text for test, text in kinds if test(mode)), "not a regular file")

@@ -14,7 +14,6 @@ from __future__ import annotations
 import hashlib
 import io
 import os
-import stat
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
@@ -23,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import DataError, first_line
-from ..guards import env_cap
+from ..guards import env_cap, file_kind
 from .tabular import DEFAULT_TEST_SIZE, Dataset, build_dataset, one_line, short_list
 
 TARGET_CANDIDATES = ("target", "label", "class", "y")
@@ -78,15 +77,6 @@ def _read_bytes(path: Path) -> tuple[bytes, str]:
     return data, hashlib.sha256(data).hexdigest()
 
 
-def _file_kind(mode: int) -> str | None:
-    """What a non-regular file is ("a directory", "a FIFO (named pipe)", ...), None for a regular file."""
-    if stat.S_ISREG(mode):
-        return None
-    kinds = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISSOCK, "a socket"),
-             (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"))
-    return next((text for test, text in kinds if test(mode)), "not a regular file")
-
-
 def check_regular_file(path: Path, who: str, wanted: str) -> None:
     """DataError (one line) unless `path` is an existing regular file (after symlinks): it says what the path is instead.
 
@@ -99,7 +89,7 @@ def check_regular_file(path: Path, who: str, wanted: str) -> None:
         raise DataError(f"{who}: no such file{broken} ({one_line(path.resolve())}); give {wanted}") from None
     except OSError as exc:
         raise DataError(f"{who}: cannot be inspected ({first_line(exc)}); give {wanted}") from None
-    kind = _file_kind(mode)
+    kind = file_kind(mode)
     if kind is not None:
         raise DataError(f"{who}: is {kind} ({one_line(path.resolve())}); give {wanted}")
 

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ModelError, first_line
+from ..guards import file_kind
 from ..jsonable import jsonable
 from .base import FittedModel, Model
 from .registry import build, get_spec, list_models
@@ -161,10 +162,8 @@ def _load_model(path: Path, *, trust_pickle: bool, name: str | None) -> Model:
         if not (path / MANIFEST).is_file():
             raise ModelError(f"model path {str(path)!r} is a directory without {MANIFEST}, not a saved model; {wanted}")
         return _load_dir(path, name)
-    if not stat.S_ISREG(mode):
-        kinds = ((stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"),
-                 (stat.S_ISBLK, "a block device"))
-        kind = next((text for test, text in kinds if test(mode)), "not a regular file")
+    kind = file_kind(mode)
+    if kind is not None:
         raise ModelError(f"model path {str(path)!r} is {kind}, not a model file; {wanted}")
     if _looks_like_pickle(path):
         if not trust_pickle:
