@@ -242,6 +242,9 @@ def per_run(runs: pd.DataFrame, points: pd.DataFrame) -> pd.DataFrame:
 # ----------------------------------------------------------------------------------------
 # Intervals and significance-aware ranks
 # ----------------------------------------------------------------------------------------
+_BOOT_BLOCK = 1 << 21  # resampled point indices per block of bootstrap replicates (16 MB of int64)
+
+
 def cell_intervals(run_points: list[pd.DataFrame] | list[dict[str, Any]], keys: list[str], *, n_boot: int = DEFAULT_BOOT,
                    confidence: float = DEFAULT_CONFIDENCE, seed: int = 0) -> dict[str, tuple[float, float]]:
     """Percentile-bootstrap intervals of every number of one leaderboard cell (one model, dataset, threat).
@@ -262,9 +265,16 @@ def cell_intervals(run_points: list[pd.DataFrame] | list[dict[str, Any]], keys: 
     for a in arrays:
         if a["n"] == 0:
             continue
-        idx = rng.integers(0, a["n"], size=(n_boot, a["n"]))
-        for c, v in _run_stats(a, idx).items():
-            reps.setdefault(c, []).append(v)
+        # replicates in blocks of at most _BOOT_BLOCK resampled indices: memory stays bounded for large
+        # test sets, and sequential draws give the very same indices as one draw of all replicates
+        step = max(1, min(n_boot, _BOOT_BLOCK // a["n"]))
+        parts: dict[str, list[np.ndarray]] = {}
+        for s0 in range(0, n_boot, step):
+            idx = rng.integers(0, a["n"], size=(min(step, n_boot - s0), a["n"]))
+            for c, v in _run_stats(a, idx).items():
+                parts.setdefault(c, []).append(v)
+        for c, vs in parts.items():
+            reps.setdefault(c, []).append(np.concatenate(vs) if len(vs) > 1 else vs[0])
         props.setdefault("clean_accuracy", []).append(a["correct"].astype(float))
         for j, k in enumerate(keys):
             props.setdefault(f"robust_acc@{k}", []).append(a["robust"][:, j])
