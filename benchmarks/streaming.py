@@ -84,11 +84,35 @@ def evaluate_once(root: Path, model: str, data: Path, plan: Path, n: int) -> dic
             "ok": bool((runs["status"] == "ok").all()), "clean": float(runs["clean_accuracy"].mean())}
 
 
+_PLAN_ONLY = """
+import resource, sys, time
+from robustbench_align.runner.api import run_plan
+from robustbench_align.runner.config import load_plan
+plan = load_plan(sys.argv[1]); plan.models = [sys.argv[2]]; plan.datasets = [sys.argv[3]]; plan.points = int(sys.argv[4])
+plan.chunk_points = int(sys.argv[5]); plan.validate()
+t0 = time.perf_counter()
+run_plan(plan, sys.argv[6], progress=False)
+print(time.perf_counter() - t0, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0)
+"""
+
+
+def plan_only(root: Path, model: str, data: Path, plan: Path, n: int) -> dict[str, Any]:
+    """The same cell through `run_plan` (no reports, no read-back): wall seconds and peak RSS of the evaluation alone."""
+    store = root / f"plan-{model}-{plan.stem}-{n}.sqlite"
+    r = subprocess.run([sys.executable, "-c", _PLAN_ONLY, str(plan), model, f"csv:{data}", str(n), str(CHUNK), str(store)],
+                       capture_output=True, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"}, cwd=root)
+    if r.returncode != 0:
+        raise RuntimeError(f"run_plan {model} n={n} failed: {r.stderr.strip()[-400:]}")
+    wall, rss = (float(v) for v in r.stdout.split()[-2:])
+    return {"model": model, "n": n, "wall": wall, "rss_mb": rss}
+
+
 def run(sizes: Sequence[int] = (1000, 5000, 20_000), threats: Sequence[str] = ("linf",), models: Sequence[str] = tuple(MODELS),
-        l2_sizes: Sequence[int] = (1000,)) -> dict[str, Any]:
-    """Every (model, threat, n) run in one temporary directory; `l2_sizes` apply to threat l2."""
+        l2_sizes: Sequence[int] = (1000,), plan_sizes: Sequence[int] = ()) -> dict[str, Any]:
+    """Every (model, threat, n) run in one temporary directory; `l2_sizes` apply to threat l2;
+    `plan_sizes`: the L-inf cells also through `run_plan` alone (the evaluation's memory without the reports)."""
     root = Path(tempfile.mkdtemp(prefix="rba-stream-"))
-    out: dict[str, Any] = {"load_start": machine_info()["loadavg"], "rows": []}
+    out: dict[str, Any] = {"load_start": machine_info()["loadavg"], "rows": [], "plan_rows": []}
     try:
         data = write_csv(root / "data.csv")
         for threat in threats:
@@ -100,6 +124,13 @@ def run(sizes: Sequence[int] = (1000, 5000, 20_000), threats: Sequence[str] = ("
                     out["rows"].append(r)
                     print(f"# {model} {threat} n={n}: {r['wall']:.1f} s wall, {r['eval_seconds']:.1f} s evaluation, "
                           f"{r['rss_mb']:.0f} MB peak, {r['points']} points stored", flush=True)
+        if plan_sizes:
+            plan = write_plan(root / "plan-linf.toml", data, "linf")
+            for model in models:
+                for n in plan_sizes:
+                    r = plan_only(root, model, data, plan, int(n))
+                    out["plan_rows"].append(r)
+                    print(f"# run_plan {model} linf n={n}: {r['wall']:.1f} s, {r['rss_mb']:.0f} MB peak", flush=True)
     finally:
         shutil.rmtree(root, ignore_errors=True)
     out["load_end"] = machine_info()["loadavg"]
@@ -126,6 +157,10 @@ def markdown(res: dict[str, Any]) -> str:
         ns = [r["n"] for r in sub]
         L.append(f"| {key[0]} | {key[1]} | {', '.join(f'{n:,}' for n in ns)} | {fit_exponent(ns, [r['wall'] for r in sub]):.2f} | "
                  f"{fit_exponent(ns, [r['eval_seconds'] for r in sub]):.2f} | {sub[0]['rss_mb']:.0f} / {sub[-1]['rss_mb']:.0f} |")
+    if res.get("plan_rows"):
+        L += ["", "The same L-inf cells through `run_plan` alone (chunks computed and stored; no read-back, no reports):", "",
+              "| model | points | wall (s) | peak RSS (MB) |", "|---|---:|---:|---:|"]
+        L += [f"| {r['model']} | {r['n']:,} | {r['wall']:.1f} | {r['rss_mb']:.0f} |" for r in res["plan_rows"]]
     return "\n".join(L) + "\n"
 
 
@@ -136,10 +171,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--threats", nargs="+", default=["linf", "l2"])
     ap.add_argument("--l2-sizes", type=int, nargs="+", default=[1000])
     ap.add_argument("--models", nargs="+", default=list(MODELS))
+    ap.add_argument("--plan-sizes", type=int, nargs="*", default=[], help="also run these L-inf sizes through run_plan alone")
     ap.add_argument("--out", type=Path, default=HERE / "results" / "streaming.md")
     a = ap.parse_args(argv)
     sizes = a.sizes or ((500, 1000, 2000) if a.quick else (1000, 5000, 20_000))
-    res = run(sizes, a.threats, a.models, a.l2_sizes if not a.quick else (500,))
+    res = run(sizes, a.threats, a.models, a.l2_sizes if not a.quick else (500,), a.plan_sizes)
     a.out.parent.mkdir(parents=True, exist_ok=True)
     a.out.write_text(res["markdown"], encoding="utf-8")
     print(res["markdown"])
