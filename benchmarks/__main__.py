@@ -1,12 +1,13 @@
 """Run every benchmark and write benchmarks/RESULTS.md: one table of ratios against their targets.
 
-  python -m benchmarks [--quick | --full] [--only rfm metrics attacks plan adapters certify]
+  python -m benchmarks [--quick | --full] [--only rfm metrics attacks plan adapters certify streaming]
 
 Sections: RFM fit vs xRFM (benchmarks.rfm), batched metrics vs the per-point loop (benchmarks.metrics),
 attacks vs AutoAttack / Foolbox / torchattacks / Veritas (benchmarks.attacks), and the plan's wall
 time and scaling (benchmarks.plan_scaling), each wrap() adapter's strongest attack path vs the
 black-box HopSkipJump path (benchmarks.adapters), and each certifier's speed and tightness against
-the attack radius, with its soundness check (benchmarks.certify). rfm and metrics run in their own
+the attack radius, with its soundness check (benchmarks.certify), and chunked `rba evaluate` on up to
+20,000 test points: points per second, growth exponent and peak memory (benchmarks.streaming). rfm and metrics run in their own
 processes (their tables go to a temporary file, not to benchmarks/results/); the others run in this process. The
 1-minute load average is sampled every 5 s, since the timings are only meaningful beside it.
 """
@@ -30,7 +31,7 @@ from benchmarks import machine_info
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 RESULTS = HERE / "RESULTS.md"
-SECTIONS = ("rfm", "metrics", "attacks", "plan", "adapters", "certify")
+SECTIONS = ("rfm", "metrics", "attacks", "plan", "adapters", "certify", "streaming")
 
 RFM_ARGS = {"quick": ["--sizes", "2000", "--dtypes", "float32", "--repeats", "3"],
             "default": ["--sizes", "2000", "5000", "--dtypes", "float32", "--repeats", "3"],
@@ -128,6 +129,14 @@ def bench_certify(mode: str, tmp: Path) -> dict[str, Any]:
     return certify.run(quick=mode == "quick")
 
 
+def bench_streaming(mode: str, tmp: Path) -> dict[str, Any]:
+    from benchmarks import streaming
+
+    sizes = (500, 1000, 2000) if mode == "quick" else (1000, 5000, 20_000)
+    return streaming.run(sizes, ("linf", "l2"), tuple(streaming.MODELS), (500,) if mode == "quick" else (1000,),
+                         plan_sizes=(sizes[0], sizes[-1]) if mode == "full" else ())
+
+
 def verdict(ok: bool | None) -> str:
     return "—" if ok is None else ("pass" if ok else "**miss**")
 
@@ -196,6 +205,16 @@ def summary_rows(res: dict[str, Any]) -> list[tuple[str, str, str, str]]:
         from benchmarks.certify import summary_rows as certify_rows
 
         rows += [(what, measured, target, verdict(ok)) for what, measured, target, ok in certify_rows(ce)]
+    sm = res.get("streaming")
+    if isinstance(sm, dict):
+        from benchmarks.plan_scaling import fit_exponent
+
+        for key in sorted({(r["model"], r["threat"]) for r in sm["rows"]}):
+            sub = [r for r in sm["rows"] if (r["model"], r["threat"]) == key]
+            pps = sub[-1]["points"] / max(sub[-1]["eval_seconds"], 1e-9)
+            k = f"k = {fit_exponent([r['n'] for r in sub], [r['eval_seconds'] for r in sub]):.2f}, " if len(sub) > 1 else ""
+            rows.append((f"chunked evaluate, {key[0]} {key[1]}, up to {sub[-1]['n']:,} points",
+                         f"{k}{pps:.1f} points/s, peak {sub[-1]['rss_mb']:.0f} MB", "reported (k: 1 = linear)", "—"))
     for name in SECTIONS:
         if isinstance(res.get(name), str):
             rows.append((f"{name} benchmark", "failed: " + res[name].splitlines()[-1][:200], "", "**error**"))
@@ -253,7 +272,7 @@ def main(argv: list[str] | None = None) -> None:
     info = machine_info()
     runners: dict[str, Callable[[str, Path], dict[str, Any]]] = {
         "rfm": bench_rfm, "metrics": bench_metrics, "attacks": bench_attacks, "plan": bench_plan, "adapters": bench_adapters,
-        "certify": bench_certify}
+        "certify": bench_certify, "streaming": bench_streaming}
     res: dict[str, Any] = {}
     loads: dict[str, tuple[float, float]] = {}
     seconds: dict[str, float] = {}
