@@ -556,6 +556,8 @@ class Store:
             except (ValueError, RecursionError):
                 raise StoreError(f"{str(self.path)!r}: column {col} holds malformed JSON ({s[:40]!r}); the store is damaged") from None
 
+        if col not in df.columns:  # a damaged schema
+            raise StoreError(f"{str(self.path)!r}: column {col} is missing; the store is damaged, restore it or delete it and re-run")
         df[col] = df[col].map(load)
 
     def model_identities(self, name: str) -> dict[str, list[str]]:
@@ -611,6 +613,9 @@ class Store:
     def runs(self, history: bool = False) -> pd.DataFrame:
         """The stored runs; without `history`, only current ones (see `superseded`)."""
         df = self._query("SELECT * FROM runs ORDER BY dataset, threat, model, seed")
+        missing = [c for c in RUN_COLUMNS if c not in df.columns]
+        if missing:  # a damaged schema (SQLite reads it, but a column's name is gone)
+            raise StoreError(f"{str(self.path)!r}: the runs table has no column {missing[0]!r}; the store is damaged, restore it or delete it and re-run")
         for col in ("config", "versions", "attacks", "flags"):
             self._json_column(df, col)
         if not history and not df.empty:
