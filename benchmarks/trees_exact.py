@@ -5,9 +5,8 @@ from x to every split value of the ensemble (the only radii where the answer can
 from the smallest one and a bisection, each step one exact `MAX_OUTPUT` Veritas query (run until
 optimal) on the box of radius r around x, asking whether the other class' margin can be reached.
 The AddTree is built once per model. Both sides run in the same process, interleaved, on the same
-models and points; the radii must agree to 1e-6 relative. For the ensembles Veritas refuses
-(float64 thresholds: LightGBM, HistGradientBoosting) our side is the exact attack the plan runs
-instead (`milp`), the direct side Veritas on the float32-rounded splits (noted in the table).
+models and points; the radii must agree to 1e-6 relative. Both sides split in the ensemble's own
+threshold dtype (float64 for LightGBM and HistGradientBoosting, float32 otherwise).
 
 Run from the repository root:  python -m benchmarks.trees_exact [--quick] [--repeats 3]
 """
@@ -91,8 +90,9 @@ def direct_addtree(model: Any) -> tuple[Any, bool]:
     """One Veritas AddTree of the binary margin (raw > 0: class 1) from the parsed ensemble, once per model.
 
     The parse is the same one the library converters produce (leaf values, base score, split
-    values in float32, `x < s` going left); scikit-learn's `x <= t` becomes `x < next32(t)`.
-    Returns (addtree, exact_for_model): False when the model compares float64 thresholds.
+    values in the ensemble's threshold dtype, `x < s` going left); `x <= t` becomes `x < next(t)`
+    in that dtype (float32 for XGBoost/scikit-learn/CatBoost, float64 for LightGBM/HistGB).
+    Returns (addtree, dtype).
     """
     import veritas
 
@@ -113,13 +113,13 @@ def direct_addtree(model: Any) -> tuple[Any, bool]:
             if t.left[n] < 0:
                 vt.set_leaf_value(m, 0, leaf(t, n))
                 continue
-            thr = np.float32(t.threshold[n])
-            s = thr if ens.strict else np.nextafter(thr, np.float32(np.inf))
+            thr = ens.dtype(t.threshold[n])
+            s = thr if ens.strict else np.nextafter(thr, ens.dtype(np.inf))
             vt.split(m, int(t.feature[n]), float(s))
             stack.append((int(t.right[n]), vt.right(m)))
             stack.append((int(t.left[n]), vt.left(m)))
     at.set_base_score(0, b0)
-    return at, ens.threshold_dtype == "float32"
+    return at, ens.dtype
 
 
 def split_values(at: Any) -> dict[int, np.ndarray]:
@@ -141,9 +141,10 @@ def split_values(at: Any) -> dict[int, np.ndarray]:
 class DirectVeritas:
     """Gallop + bisection over the split distances of x, one exact MAX_OUTPUT query per step."""
 
-    def __init__(self, at: Any) -> None:
+    def __init__(self, at: Any, dtype: Any = np.float32) -> None:
         import veritas
 
+        self.dtype = dtype
         self.veritas = veritas
         self.at = at
         self.neg = at.negate_leaf_values()  # margin of class 0 points: -raw
@@ -151,12 +152,12 @@ class DirectVeritas:
         self.n_feat = at.get_maximum_feat_id() + 1
 
     def radii(self, x: np.ndarray) -> np.ndarray:
-        """The distances to the closest float32 point on the other side of every split value (x < s goes left)."""
+        """The distances to the closest point of the dtype on the other side of every split value (x < s goes left)."""
         parts = []
         for f, s in self.splits.items():
             xf = float(x[f])
             right = s[s > xf] - xf  # move up to s
-            left = xf - np.nextafter(s[s <= xf].astype(np.float32), np.float32(-np.inf)).astype(np.float64)  # just below s
+            left = xf - np.nextafter(s[s <= xf].astype(self.dtype), self.dtype(-np.inf)).astype(np.float64)  # just below s
             parts += [right, left]
         d = np.concatenate(parts) if parts else np.zeros(0)
         return np.unique(d[d > 0])
@@ -167,7 +168,13 @@ class DirectVeritas:
         Best-first MAX_OUTPUT search with states below 0 pruned: the first solution is the maximum.
         """
         v = self.veritas
-        box = [v.Interval(float(x[f]) - r, float(np.nextafter(float(x[f]) + r, np.inf))) for f in range(self.n_feat)]
+        # [x - r, x + r] widened by a few ulps: r is a rounded difference s - x, and x + r can land a
+        # couple of ulps below s; a split at exactly that distance must stay inside
+        box = []
+        for f in range(self.n_feat):
+            xf = float(x[f])
+            slack = 4.0 * float(np.spacing(abs(xf) + r))
+            box.append(v.Interval(xf - r - slack, xf + r + slack))
         cfg = v.Config(v.HeuristicType.MAX_OUTPUT)
         cfg.ignore_state_when_worse_than = -TIE_TOL
         cfg.focal_eps = 1.0
@@ -229,8 +236,8 @@ def ours_attack(model: Any) -> tuple[str, Callable[[np.ndarray, np.ndarray], np.
 def compare(label: str, model: Any, n_points: int, repeats: int) -> dict[str, Any]:
     X, y = test_points(model, n_points)
     name, ours = ours_attack(model)
-    at, exact = direct_addtree(model)
-    direct = DirectVeritas(at)
+    at, dtype = direct_addtree(model)
+    direct = DirectVeritas(at, dtype)
 
     def run_direct() -> np.ndarray:
         return np.array([direct.radius(x, int(yi)) for x, yi in zip(X, y, strict=True)])
@@ -250,7 +257,7 @@ def compare(label: str, model: Any, n_points: int, repeats: int) -> dict[str, An
         np.all(np.abs(d_o[both] - d_d[both]) <= RADIUS_RTOL * np.maximum(np.abs(d_d[both]), 1e-300)))
     return {"model": label, "attack": name, "n": len(y), "ms_ours": 1e3 * t_o, "ms_direct": 1e3 * t_d, "ratio": t_o / t_d,
             "agree": agree, "n_disagree": int(np.sum(~np.isclose(d_o, d_d, rtol=RADIUS_RTOL, atol=0.0) & both)),
-            "direct_exact": exact, "median_radius": float(np.median(d_d[np.isfinite(d_d)])) if both.any() else float("nan")}
+            "dtype": np.dtype(dtype).name, "median_radius": float(np.median(d_d[np.isfinite(d_d)])) if both.any() else float("nan")}
 
 
 def markdown(rows: list[dict[str, Any]], info: dict[str, Any], repeats: int) -> str:
@@ -258,12 +265,11 @@ def markdown(rows: list[dict[str, Any]], info: dict[str, Any], repeats: int) -> 
          f"Machine: {info['cpu']}, {info['cores']} cores, load {info['loadavg']}; medians of {repeats} interleaved repeats, "
          "per point (ms). Direct: gallop + bisection over the sorted split distances, one exact MAX_OUTPUT query per step, "
          "AddTree built once per model. Breast cancer (standardised, float32 inputs), binary.", "",
-         "| model | our attack | points | ours ms/pt | direct ms/pt | ours / direct | radii agree (1e-6 rel) | median radius |",
-         "|---|---|---:|---:|---:|---:|---|---:|"]
+         "| model | thresholds | our attack | points | ours ms/pt | direct ms/pt | ours / direct | radii agree (1e-6 rel) | median radius |",
+         "|---|---|---|---:|---:|---:|---:|---|---:|"]
     for r in rows:
-        note = "" if r["direct_exact"] else " (direct on float32-rounded splits)"
-        L.append(f"| {r['model']} | {r['attack']} | {r['n']} | {r['ms_ours']:.1f} | {r['ms_direct']:.1f} | {r['ratio']:.2f}x | "
-                 f"{'yes' if r['agree'] else 'NO (' + str(r['n_disagree']) + ')'}{note} | {r['median_radius']:.4g} |")
+        L.append(f"| {r['model']} | {r['dtype']} | {r['attack']} | {r['n']} | {r['ms_ours']:.1f} | {r['ms_direct']:.1f} | {r['ratio']:.2f}x | "
+                 f"{'yes' if r['agree'] else 'NO (' + str(r['n_disagree']) + ')'} | {r['median_radius']:.4g} |")
     return "\n".join(L) + "\n"
 
 

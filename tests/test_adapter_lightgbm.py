@@ -184,7 +184,7 @@ def test_exact_radius_equals_brute_force(norm: str, p: float) -> None:
             assert r.lower_bound is not None and r.lower_bound[i] <= r.distance[i] * (1 + 1e-9)
 
 
-def test_default_linf_run_uses_milp_for_float64(caplog: pytest.LogCaptureFixture) -> None:
+def test_default_linf_run_is_exact_for_float64(caplog: pytest.LogCaptureFixture) -> None:
     clf, X, y = tiny()
     r = rba.minimal_radius(clf, X[:4], y[:4], "linf", effort="fast", checks=False)
     assert r.path == "exact"
@@ -193,14 +193,20 @@ def test_default_linf_run_uses_milp_for_float64(caplog: pytest.LogCaptureFixture
             assert np.isclose(r.distance[i], brute_force(clf, X[i], int(y[i]), np.inf), rtol=1e-9)
 
 
-def test_veritas_refuses_float64() -> None:
-    from robustbench_align.attacks.base import LINF
+def test_veritas_is_exact_on_float64_thresholds() -> None:
+    """Veritas keeps float64 split values: its radii on LightGBM equal the float64 brute force, not a float32 rounding of it."""
     from robustbench_align.attacks.trees.veritas import VeritasLinf
-    from robustbench_align.errors import AttackError
 
     clf, X, y = tiny()
-    with pytest.raises(AttackError, match="float64"):
-        VeritasLinf()._attack(wrap(clf), X[:2], y[:2], LINF)
+    Xs, ys = X[:20], y[:20]
+    r = VeritasLinf().run(wrap(clf), Xs, ys, "linf")
+    correct = np.flatnonzero(clf.predict(Xs) == ys)
+    assert correct.size >= 8
+    for i in correct:
+        bf = brute_force(clf, Xs[i], int(ys[i]), np.inf)
+        assert r.distance[i] == bf, (i, r.distance[i], bf)  # the same float64 cell corner
+        assert r.lower_bound is not None and r.lower_bound[i] == bf
+        assert clf.predict(r.x_adv[i : i + 1])[0] != ys[i]
 
 
 def test_ensemble_json_round_trip_keeps_float64() -> None:

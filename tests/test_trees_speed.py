@@ -99,16 +99,18 @@ def test_linf_search_ascent_equals_local_search(models):
 
 
 @needs_veritas
-def test_fast_box_equals_reference_box(models):
+def test_radius_boxes_equal_the_reference_box(models):
     for model, X, y in models:
         _, grid, flat = structures(model)
+        pad = vmod._RadiusBoxes.padding(grid)
         for x, yi in zip(X[:8], y[:8], strict=True):
             s = LocalSearch(flat, grid, model, x, int(yi))
-            for d in list(s.radii[:: max(1, s.radii.size // 10)]) + [0.0, float(s.radii[-1])]:
-                a = VeritasLinf._box_at(grid, s.dists, float(d))
-                b = VeritasLinf._box_fast(grid, s, float(d))
-                assert list(a) == list(b)
-                assert all((a[f].lo, a[f].hi) == (b[f].lo, b[f].hi) for f in a)
+            boxes = vmod._RadiusBoxes(grid, s, pad)
+            for k in range(s.radii.size):
+                a = VeritasLinf._box_at(grid, s.dists, float(s.radii[k]))
+                b = boxes.at(k)
+                assert len(a) == len(b) == grid.features[-1] + 1
+                assert [(iv.lo, iv.hi) for iv in a] == [(iv.lo, iv.hi) for iv in b], k
 
 
 def sequential_search(att, vt, box, x, y, model, guard, out):
@@ -121,7 +123,7 @@ def sequential_search(att, vt, box, x, y, model, guard, out):
     cfg.stop_when_num_new_solutions_exceeds = 0
     cfg.max_memory = att.max_memory
     cfg.focal_eps = att.focal_eps
-    s = cfg.get_search(vt.at, [box.get(f, veritas.Interval()) for f in range(vt.n_feat)])
+    s = cfg.get_search(vt.at, (box + [veritas.Interval()] * vt.n_feat)[:vt.n_feat])
     seen = resolved = 0
     chunk = min(1000, att.query_steps)
     while True:
@@ -235,6 +237,6 @@ def test_per_model_structures_are_built_once(models, monkeypatch):
     res = VeritasLinf().run(model, Xt, yt, "linf")
     n_solved = int(np.sum(model.predict(Xt) == yt))
     assert res.flags["milp_fallback"] == 0
-    assert counts["flat"] == 1 and counts["grid"] == 1  # once per run, not per point
+    assert counts["flat"] <= 1 and counts["grid"] <= 1  # once per ensemble (per run at most), not per point
     assert counts["target"] <= 6  # once per (target, true class) pair
     assert counts["labels"] == n_solved  # one predict memo per point

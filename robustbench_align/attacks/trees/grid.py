@@ -135,6 +135,9 @@ class Grid:
         self._thr_flat = np.concatenate(self.thr) if n_f else np.zeros(0, dtype=dtype)
         self._int_feat = np.repeat(np.arange(n_f, dtype=np.int64), [m + 1 for m in sizes])
         self._int_j = np.concatenate([np.arange(m + 1, dtype=np.int64) for m in sizes]) if n_f else np.zeros(0, dtype=np.int64)
+        self._int_col = self._feat_arr[self._int_feat]
+        for shared_arr in (self._int_feat, self._int_j, self._int_col):  # shared with every LocalSearch: read-only
+            shared_arr.flags.writeable = False
         up = np.full(self._int_j.size, np.nan)  # closest point of interval j coming from below: right of thr j-1
         down = np.full(self._int_j.size, np.nan)  # ... coming from above: left of thr j
         for i, t in enumerate(self.thr):
@@ -168,14 +171,24 @@ class Grid:
     def intervals(self, x: np.ndarray) -> tuple[list[int], list[np.ndarray], list[np.ndarray]]:
         """Per grid feature: the interval of x, the closest point of every interval (a rounding edge), its distance.
 
-        One vectorised pass over the flat interval tables; the same values as `intervals_loop`
-        (which handles NaN inputs, where searchsorted and comparisons disagree).
+        One vectorised pass over the flat interval tables (`intervals_flat`, split per feature); the
+        same values as `intervals_loop` (which handles NaN inputs, where searchsorted and comparisons disagree).
         """
         if not self.features:
             return [], [], []
+        j0, c, d = self.intervals_flat(x)
+        cut = self.int_off[1:-1]
+        return [int(v) for v in j0], np.split(c, cut), np.split(d, cut)
+
+    def intervals_flat(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """`intervals` as flat arrays: x's interval per feature, and the closest point and distance of
+        every interval in (feature, interval) order (interval j of feature i at int_off[i] + j)."""
+        if not self.features:
+            return np.zeros(0, dtype=np.int64), np.zeros(0), np.zeros(0)
         xs = np.asarray(x, dtype=np.float64)[self._feat_arr]
         if self._thr_nan or np.isnan(xs).any():
-            return self.intervals_loop(x)
+            j0s, pts, dists = self.intervals_loop(x)
+            return np.asarray(j0s, dtype=np.int64), np.concatenate(pts), np.concatenate(dists)
         x32 = xs.astype(self.dtype)
         xt = x32[self._thr_feat]
         below = (self._thr_flat <= xt) if self.strict else (self._thr_flat < xt)
@@ -185,8 +198,22 @@ class Grid:
         c = np.where(self._int_j > jg, self._up, np.where(self._int_j < jg, self._down, xg))
         d = np.abs(c - xg)
         d[~np.isfinite(c)] = np.inf
-        cut = self.int_off[1:-1]
-        return [int(v) for v in j0], np.split(c, cut), np.split(d, cut)
+        return j0, c, d
+
+    @property
+    def interval_feature(self) -> np.ndarray:
+        """Per flat interval, the index of its feature in `features`."""
+        return self._int_feat
+
+    @property
+    def interval_column(self) -> np.ndarray:
+        """Per flat interval, its feature's column in the input."""
+        return self._int_col
+
+    @property
+    def interval_index(self) -> np.ndarray:
+        """Per flat interval, its number j within its feature."""
+        return self._int_j
 
     def intervals_loop(self, x: np.ndarray) -> tuple[list[int], list[np.ndarray], list[np.ndarray]]:
         """`intervals`, feature by feature (the reference implementation)."""

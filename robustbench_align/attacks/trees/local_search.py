@@ -27,16 +27,31 @@ class LocalSearch:
 
     def __init__(self, flat: FlatEnsemble, grid: Grid, model: Model, x: np.ndarray, y: int, deadline: float = np.inf) -> None:
         self.flat, self.grid, self.model, self.x, self.y, self.deadline = flat, grid, model, x, y, deadline
-        self.j0, self.pts, self.dists = grid.intervals(x)
-        sizes = [len(p) for p in self.pts]
-        self.feat_of = np.repeat(np.arange(len(sizes)), sizes).astype(np.int64)
-        self.int_of = np.concatenate([np.arange(n) for n in sizes]).astype(np.int64) if sizes else np.zeros(0, dtype=np.int64)
-        self.cand_val = np.concatenate(self.pts) if sizes else np.zeros(0)
-        self.cand_d = np.concatenate(self.dists) if sizes else np.zeros(0)
-        self.cols = np.asarray(grid.features, dtype=np.int64)[self.feat_of] if sizes else np.zeros(0, dtype=np.int64)
+        j0, self.cand_val, self.cand_d = grid.intervals_flat(x)  # every interval's closest point and its distance
+        self.j0 = [int(v) for v in j0]
+        self.feat_of = grid.interval_feature  # per interval: its feature's index in grid.features ...
+        self.int_of = grid.interval_index  # ... and its number within that feature
+        self.cols = grid.interval_column
         self.finite = np.isfinite(self.cand_d)
         pos = self.cand_d[self.finite & (self.cand_d > 0)]
         self.radii = np.unique(pos)  # every linf optimum is one of these
+        self._split: tuple[list[np.ndarray], list[np.ndarray]] | None = None
+
+    @property
+    def pts(self) -> list[np.ndarray]:
+        """Per grid feature, the closest point of each of its intervals."""
+        return self._per_feature()[0]
+
+    @property
+    def dists(self) -> list[np.ndarray]:
+        """Per grid feature, the distance from x to each of its intervals."""
+        return self._per_feature()[1]
+
+    def _per_feature(self) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        if self._split is None:
+            cut = self.grid.int_off[1:-1]
+            self._split = (np.split(self.cand_val, cut), np.split(self.cand_d, cut)) if self.grid.features else ([], [])
+        return self._split
 
     def margin(self, X: np.ndarray) -> np.ndarray:
         """The best margin of each row of X (>= 0: the ensemble has left class y); DeadlinePassed after the deadline."""

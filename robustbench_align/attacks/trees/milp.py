@@ -23,7 +23,7 @@ from .flat import DeadlinePassed, FlatEnsemble, check_deadline
 from .grid import Grid, point_distance
 from .local_search import LocalSearch
 from .margins import N_LEVELS, Target, targets_of
-from .points import DEFAULT_SAFETY_SECONDS, PointOutcome, check_budget, ensemble_of, run_points
+from .points import DEFAULT_SAFETY_SECONDS, PointOutcome, check_budget, ensemble_of, run_points, shared
 
 log = logging.getLogger(__name__)
 
@@ -365,10 +365,10 @@ class MilpSolver:
                  max_cuts: int = DEFAULT_CUTS, time_limit: float = DEFAULT_SAFETY_SECONDS) -> None:
         self.ens, self.model, self.norm, self.rel_gap = ens, model, norm, rel_gap
         self.node_limit, self.max_cuts, self.time_limit = int(node_limit), int(max_cuts), float(time_limit)
-        self.grid = Grid.of_trees(list(ens.trees), ens.strict, ens.dtype)
-        self.flat = FlatEnsemble(ens)
-        self._targets: dict[int, list[Target]] = {}
-        self._structs: dict[tuple[int, int], MilpStructure] = {}
+        self.grid = shared(ens, "grid", lambda: Grid.of_trees(list(ens.trees), ens.strict, ens.dtype))
+        self.flat = shared(ens, "flat", lambda: FlatEnsemble(ens))
+        self._targets: dict[int, list[Target]] = shared(ens, "targets", dict)
+        self._structs: dict[tuple[int, int], MilpStructure] = shared(ens, "milp-structures", dict)
 
     def targets(self, y: int) -> list[Target]:
         """The target margins of class y (cached)."""

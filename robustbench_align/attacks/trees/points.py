@@ -17,10 +17,13 @@ solver calls per point as queries, and these flags:
 from __future__ import annotations
 
 import logging
+import threading
 import time
+import weakref
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import cast
+from typing import Any, TypeVar, cast
 
 import numpy as np
 
@@ -54,6 +57,36 @@ class PointOutcome:
     limited: bool = False  # a work budget ran out
     time_hit: bool = False  # the wall-clock safety net stopped the search
     fell_back: bool = False  # a Veritas point handed to the MILP
+    verified: bool = True  # x_adv was checked with the model's own predict (else run_points checks it)
+
+
+_T = TypeVar("_T")
+_SHARED: OrderedDict[int, tuple[weakref.ref[TreeEnsemble], dict[Any, Any]]] = OrderedDict()
+_SHARED_LOCK = threading.Lock()
+_SHARED_KEEP = 4  # parsed ensembles whose structures are kept
+
+
+def shared(ens: TreeEnsemble, key: Any, build: Callable[[], _T]) -> _T:
+    """A structure derived from a parsed ensemble (grid, flat evaluator, Veritas models), built once per ensemble object.
+
+    The exact attacks of one run (and the runs of one process on the same model: `veritas`, then
+    `milp` on the points it left open) share them. Keyed by the object itself (a weak reference,
+    so an ensemble that is gone is never matched by a reused id); the last few ensembles are kept.
+    """
+    with _SHARED_LOCK:
+        entry = _SHARED.get(id(ens))
+        if entry is None or entry[0]() is not ens:
+            entry = (weakref.ref(ens), {})
+            _SHARED[id(ens)] = entry
+            while len(_SHARED) > _SHARED_KEEP:
+                _SHARED.popitem(last=False)
+        _SHARED.move_to_end(id(ens))
+        store = entry[1]
+        if key in store:
+            return cast(_T, store[key])
+    value = build()  # outside the lock: building can take a while; a concurrent duplicate is harmless
+    with _SHARED_LOCK:
+        return cast(_T, store.setdefault(key, value))
 
 
 def ensemble_of(model: Model, who: str) -> TreeEnsemble:
@@ -68,14 +101,16 @@ def ensemble_of(model: Model, who: str) -> TreeEnsemble:
 
 
 def run_points(attack: str, model: Model, ens: TreeEnsemble, X: np.ndarray, y: np.ndarray,
-               solve: Callable[[np.ndarray, int], PointOutcome]) -> Candidates:
-    """Skip clean-misclassified points, `solve(x, y)` the rest one by one, collect the candidates."""
+               solve: Callable[[np.ndarray, int], PointOutcome],
+               recheck: Callable[[np.ndarray, int], PointOutcome] | None = None) -> Candidates:
+    """Skip clean-misclassified points, `solve(x, y)` the rest one by one, collect the candidates.
+
+    Points whose outcome is not `verified` are predicted in one batch at the end; one the model
+    does not flip is solved again with `recheck` (a careful search that predicts every answer),
+    or loses its point and keeps only its certified bound when there is none.
+    """
     n = X.shape[0]
     cand = np.array(X, dtype=np.float64, copy=True)
-    lower = np.zeros(n)
-    queries = np.zeros(n, dtype=np.int64)
-    retries = limited = time_hit = fallbacks = 0
-    point_time = np.zeros(n)
     wrong = model.predict(X) != y if n else np.zeros(0, dtype=bool)
     if n:
         mismatch = int(np.count_nonzero(ens.predict(X[~wrong]) != y[~wrong]))
@@ -83,10 +118,31 @@ def run_points(attack: str, model: Model, ens: TreeEnsemble, X: np.ndarray, y: n
             log.warning("%s: the parsed ensemble disagrees with %r on %d clean point(s); their results may be missing", attack, model.name, mismatch)
     else:
         mismatch = 0
-    for i in np.flatnonzero(~wrong):
+    outcomes: dict[int, PointOutcome] = {}
+    point_time = np.zeros(n)
+    for i in np.flatnonzero(~wrong).tolist():
         ts = time.perf_counter()
-        o = solve(X[i], int(y[i]))
+        outcomes[i] = solve(X[i], int(y[i]))
         point_time[i] = time.perf_counter() - ts
+    todo = [i for i, o in outcomes.items() if o.x_adv is not None and not o.verified]
+    if todo:
+        pred = model.predict(np.stack([cast(np.ndarray, outcomes[i].x_adv) for i in todo]))
+        bad = [i for i, p in zip(todo, pred, strict=True) if int(p) == int(y[i])]
+        if bad:
+            log.warning("%s: %d point(s) found on the parsed ensemble do not flip %r; solving them again predicting every answer",
+                        attack, len(bad), model.name)
+        for j in bad:
+            ts = time.perf_counter()
+            if recheck is not None:
+                outcomes[j] = recheck(X[j], int(y[j]))
+            else:
+                o = outcomes[j]
+                o.x_adv, o.dist, o.lower = None, np.inf, min(o.lower, o.dist)
+            point_time[j] += time.perf_counter() - ts
+    lower = np.zeros(n)
+    queries = np.zeros(n, dtype=np.int64)
+    retries = limited = time_hit = fallbacks = 0
+    for i, o in outcomes.items():
         if o.x_adv is not None:
             cand[i] = o.x_adv
         lower[i] = o.lower
@@ -103,4 +159,4 @@ def run_points(attack: str, model: Model, ens: TreeEnsemble, X: np.ndarray, y: n
     })
 
 
-__all__ = ["DEFAULT_SAFETY_SECONDS", "PointOutcome", "check_budget", "ensemble_of", "run_points"]
+__all__ = ["DEFAULT_SAFETY_SECONDS", "PointOutcome", "check_budget", "ensemble_of", "run_points", "shared"]

@@ -3,10 +3,10 @@
 Devos, Meert and Davis, "Versatile Verification of Tree Ensembles", ICML 2021 (the `dtai-veritas`
 package): a best-first search over the leaves of an additive tree ensemble that bounds the
 maximum of its output over a box. The linf optimum is one of finitely many radii (the distances
-from x to the interval ends of the float32 grid, see `grid`), so asking "can the margin be
-reached in this box" at each radius of a bisection finds it exactly. Veritas splits on float32
-values, so a float64-threshold ensemble (LightGBM) is refused with an AttackError: the ensemble
-attack then relies on the MILP, which works in the ensemble's own dtype.
+from x to the interval ends of the threshold grid, see `grid`), so asking "can the margin be
+reached in this box" at each radius of a gallop and bisection finds it exactly. Veritas stores
+split values in float64, so float32 (XGBoost, scikit-learn, CatBoost) and float64 (LightGBM,
+HistGradientBoosting) thresholds are both represented exactly.
 """
 from __future__ import annotations
 
@@ -19,28 +19,91 @@ import numpy as np
 from ...errors import AttackError
 from ...models.base import Model, TreeEnsemble
 from ..base import LINF, Candidates, MinimalAttack, Norm
-from .grid import Grid, edge_down, edge_up, next32, point_distance, prev32
+from .grid import Grid, edge_down, edge_up, next_down, next_up, point_distance
 from .local_search import LocalSearch
 from .margins import Target, margin_of_raw
 from .milp import DEFAULT_NODES, MilpSolver
-from .points import DEFAULT_SAFETY_SECONDS, PointOutcome, check_budget, ensemble_of, run_points
+from .points import DEFAULT_SAFETY_SECONDS, PointOutcome, check_budget, ensemble_of, run_points, shared
 
 DEFAULT_QUERY_STEPS = 20000  # Veritas expansions per box query
 DEFAULT_BAND_CHECKS = 32  # band leaf combinations resolved per query (each one model predict)
 
+# forests whose predict is the argmax (ties to the first class) of the float64 sum of per-tree class
+# fractions divided by the number of trees (scikit-learn's RandomForest/ExtraTrees/DecisionTree)
+_VOTE_SOURCES = ("sklearn.RandomForestClassifier", "sklearn.ExtraTreesClassifier", "sklearn.DecisionTreeClassifier")
+_VOTE_LIMIT = 2.0 ** 20  # integer class sums below this stay exact and distinct through float32/float64 sums and / T
+
+
+class _ExactVotes:
+    """Leaf combinations of integer-valued leaves (a forest's pure leaves), decided exactly without a predict.
+
+    scikit-learn's forests add the per-tree class fractions in float64 (in any order with several
+    jobs), divide by the number of trees T and take the argmax, ties going to the first class. A
+    pure leaf's fractions are exactly 0 and 1 (c/c and 0/c are exact). When every leaf of a
+    combination is integer-valued, every partial sum is a small integer, so the library's sums
+    are the exact sums whatever the order; dividing distinct integers below 2^20 by T keeps them
+    distinct and ordered, and equal sums stay equal. The library's decision is then the argmax of
+    the exact integer sums with ties to the lowest class, which is what `decide` computes. Any
+    combination with a fractional leaf is left to the margin band and the model's predict.
+    """
+
+    def __init__(self, ens: TreeEnsemble, flat: Any) -> None:
+        self.flat = flat
+        self.values = np.concatenate([t.value for t in ens.trees])  # per flat node, before the division by T
+        self.integer = np.all(self.values == np.round(self.values), axis=1)
+
+    @staticmethod
+    def applies(ens: TreeEnsemble) -> bool:
+        """The library arithmetic the exact rule is proved for (see the class docstring)."""
+        if ens.source not in _VOTE_SOURCES or (ens.meta or {}).get("library") != "scikit-learn":
+            return False
+        if ens.link != "identity" or ens.combine != "mean" or np.any(np.asarray(ens.bias, dtype=np.float64) != 0):
+            return False
+        top = sum(float(np.abs(t.value[t.is_leaf]).max()) for t in ens.trees if t.value.size)
+        return top < _VOTE_LIMIT
+
+    def leaf_integer(self, ens: TreeEnsemble) -> list[np.ndarray]:
+        """Per tree, per node: whether the node's values are all integers."""
+        out, at = [], 0
+        for t in ens.trees:
+            out.append(self.integer[at:at + t.n_nodes])
+            at += t.n_nodes
+        return out
+
+    def decide(self, xa: np.ndarray) -> int | None:
+        """The library's class at xa when all its leaves are integer-valued, else None."""
+        leaves = self.flat.leaves(xa)
+        if not self.integer[leaves].all():
+            return None
+        sums = self.values[leaves].sum(axis=0)  # exact: small integers
+        return int(np.argmax(sums))
+
 
 class _VeritasTarget:
-    """A single-output Veritas AddTree computing one target margin M, built from our parsed trees."""
+    """A single-output Veritas AddTree computing one target margin M, built from our parsed trees.
 
-    def __init__(self, ens: TreeEnsemble, target: Target) -> None:
+    With `shift` > 0 and `integer` (per tree, per node) the Veritas margin is M' = M + shift per
+    fractional leaf of the combination: combinations of integer leaves keep their exact M, so a
+    guard between 0 and shift leaves out the exact ties (which do not flip a strict target) while
+    every combination with a fractional leaf and M >= -delta still clears it (`VeritasLinf._search`).
+    """
+
+    def __init__(self, ens: TreeEnsemble, target: Target, votes: _ExactVotes | None = None, shift: float = 0.0) -> None:
         import veritas
 
         self.target = target
+        self.votes = votes
+        integer = votes.leaf_integer(ens) if votes is not None and shift > 0 else None
+        self.shift = float(shift) if integer is not None else 0.0
         at = veritas.AddTree(1, veritas.AddTreeType.REGR)
+        dt = ens.dtype  # Veritas stores float64 split values: float32 and float64 thresholds are both exact
         c0 = target.c0
-        for t, w in zip(ens.trees, target.w, strict=True):
+        for i, (t, w) in enumerate(zip(ens.trees, target.w, strict=True)):
+            if self.shift and integer is not None:
+                w = np.where(integer[i], w, w + self.shift)
             lv = w[t.is_leaf]
-            if t.left[0] < 0 or np.all(lv == lv[0]):
+            mixed = self.shift > 0 and integer is not None and len(set(integer[i][t.is_leaf].tolist())) > 1
+            if t.left[0] < 0 or (np.all(lv == lv[0]) and not mixed):
                 c0 += float(lv[0])
                 continue
             vt = at.add_tree()
@@ -50,14 +113,16 @@ class _VeritasTarget:
                 if t.left[n] < 0:
                     vt.set_leaf_value(m, 0, float(w[n]))
                     continue
-                thr = np.float32(t.threshold[n])
-                s = thr if ens.strict else next32(thr)  # x <= t  <=>  x < next float32 (x float32)
+                thr = dt(t.threshold[n])
+                s = thr if ens.strict else next_up(thr, dt)  # x <= t  <=>  x < the next value of the dtype
                 vt.split(m, int(t.feature[n]), float(s))
                 stack.append((int(t.right[n]), vt.right(m)))
                 stack.append((int(t.left[n]), vt.left(m)))
         at.set_base_score(0, float(c0))
         self.at: Any = at
         self.empty = len(at) == 0
+        self.dtype = dt
+        self.configs: dict[tuple[float, int, float], Any] = {}  # Veritas search settings per guard
         self.n_feat: int = at.get_maximum_feat_id() + 1 if not self.empty else 0
         self.c0 = c0
 
@@ -88,6 +153,10 @@ class _Labels:
             for key, p in zip(rows, pred, strict=True):
                 self._seen[key] = int(p)
 
+    def seen(self, xa: np.ndarray) -> bool:
+        """Whether the model's predict of this exact point is known."""
+        return np.ascontiguousarray(xa, dtype=np.float64).tobytes() in self._seen
+
     def __call__(self, xa: np.ndarray) -> int:
         row = np.ascontiguousarray(xa, dtype=np.float64)
         key = row.tobytes()
@@ -113,11 +182,11 @@ class _LinfSearch(LocalSearch):
 
     def __init__(self, flat: Any, grid: Grid, model: Model, x: np.ndarray, y: int, deadline: float = np.inf) -> None:
         super().__init__(flat, grid, model, x, y, deadline)
-        self._x_margin = float(margin_of_raw(flat.raw(np.array(self.x, dtype=np.float64, copy=True)[None]), y)[0])
+        self._x_margin = np.nan  # the margin and leaves of x, computed on the first ascent
+        self._root: tuple[np.ndarray, np.ndarray | None] | None = None
         # move sequence -> per candidate the margin of that move from the point the sequence reaches (NaN: not a move)
         self._scores: dict[tuple[int, ...], np.ndarray] = {}
         self._leaves: dict[tuple[int, ...], np.ndarray] = {}  # ... and the leaves of that point
-        self._root: tuple[np.ndarray, np.ndarray | None] = (np.array(self.x, dtype=np.float64, copy=True), flat.leaves(self.x))
         self.evaluations = 0  # raw_moves batches (for tests)
         self.label = _Labels(model)
 
@@ -149,6 +218,10 @@ class _LinfSearch(LocalSearch):
         if self.cand_val.size == 0:
             return None
         choice = np.array(self.j0, dtype=np.int64)
+        if self._root is None:
+            x0 = np.array(self.x, dtype=np.float64, copy=True)
+            self._x_margin = float(margin_of_raw(self.flat.raw(x0[None]), self.y)[0])
+            self._root = (x0, self.flat.leaves(self.x))
         cur, cur_leaves = self._root[0], self._root[1]
         cur_m = self._x_margin
         path: tuple[int, ...] = ()
@@ -175,40 +248,141 @@ class _LinfSearch(LocalSearch):
         return None
 
 
-def _interval(veritas: Any, lo: float, hi: float) -> Any:
-    """The Veritas interval [lo, hi) with infinite ends left open; None for the whole line."""
-    if np.isfinite(lo) and np.isfinite(hi):
-        return veritas.Interval(lo, hi)
-    if np.isfinite(lo):
-        return veritas.Interval.from_lo(lo)
-    if np.isfinite(hi):
-        return veritas.Interval.from_hi(hi)
-    return None
+class _Edges:
+    """Per grid split value s (Veritas' `x < s`), the closest float64 points on either side, looked up by (feature, s).
+
+    The ends of a Veritas box are split values, so decoding a box to its closest point is a few
+    dictionary lookups: `up[(f, s)]` is the smallest input whose conversion to the dtype is >= s,
+    `down[(f, s)]` the largest whose conversion is < s (`grid.edge_up`, `grid.edge_down`).
+    """
+
+    def __init__(self, grid: Grid) -> None:
+        self.up: dict[tuple[int, float], float] = {}
+        self.down: dict[tuple[int, float], float] = {}
+        self.dtype = dt = grid.dtype
+        for f, sp in zip(grid.features, grid.split, strict=True):
+            ups = edge_up(sp, dt).tolist()
+            downs = edge_down(np.nextafter(sp, dt(-np.inf)), dt).tolist()
+            for v, u, d in zip(sp.astype(np.float64).tolist(), ups, downs, strict=True):
+                self.up[(f, v)] = u
+                self.down[(f, v)] = d
+
+    def closest(self, x: np.ndarray, xd: list[float], box: dict[int, Any]) -> np.ndarray:
+        """`VeritasLinf._closest(x, box, dtype)`, with xd = x converted to the dtype (as float64 values)."""
+        out = np.array(x, dtype=np.float64, copy=True)
+        for f, iv in box.items():
+            v = xd[f]
+            lo = iv.lo
+            if v < lo:
+                e = self.up.get((f, lo))
+                out[f] = e if e is not None else float(edge_up(self.dtype(lo), self.dtype))
+            else:
+                hi = iv.hi
+                if v >= hi:
+                    e = self.down.get((f, hi))
+                    out[f] = e if e is not None else float(edge_down(next_down(hi, self.dtype), self.dtype))
+        return out
+
+
+class _RadiusBoxes:
+    """The Veritas boxes of one point at its candidate radii C[k], by a few array operations per radius.
+
+    Along each grid feature the intervals reachable within a radius are a contiguous run around
+    x's own interval, growing as the radius grows. Every interval's distance is one of the radii
+    (or 0, or inf), so its rank k in C says from which radius C[k] on it is reachable; per feature,
+    the intervals below x (and above it) are kept in order of distance, keyed by (feature, rank),
+    so one `searchsorted` over all features counts how far the run reaches on each side.
+    `at(k)` equals `VeritasLinf._box_at(grid, dists, C[k])` (tests/test_trees_speed.py).
+    """
+
+    def __init__(self, grid: Grid, search: LocalSearch, pad: tuple[np.ndarray, np.ndarray] | None = None) -> None:
+        import veritas
+
+        self.Interval = veritas.Interval
+        self.grid = grid
+        self.n_box = grid.features[-1] + 1 if grid.features else 0
+        C = search.radii
+        n_f = len(grid.features)
+        self.j0 = np.asarray(search.j0, dtype=np.int64)
+        rank = np.searchsorted(C, search.cand_d)  # a finite positive distance is C[rank]; inf -> C.size
+        W = C.size + 2
+        self.wide = np.arange(n_f, dtype=np.int64) * W
+        own = self.j0[search.feat_of]
+        below = search.int_of < own
+        above = search.int_of > own
+        # below x: intervals j0-1, j0-2, ... (distance non-decreasing); above: j0+1, j0+2, ...
+        ib = np.flatnonzero(below)
+        ib = ib[np.lexsort((-search.int_of[ib], search.feat_of[ib]))]
+        ia = np.flatnonzero(above)  # already in (feature, interval) order
+        self.key_below = search.feat_of[ib] * W + rank[ib]
+        self.key_above = search.feat_of[ia] * W + rank[ia]
+        self.start_below = np.searchsorted(self.key_below, self.wide)
+        self.start_above = np.searchsorted(self.key_above, self.wide)
+        self.pad_at, self.padded = pad if pad is not None else self.padding(grid)
+
+    @staticmethod
+    def padding(grid: Grid) -> tuple[np.ndarray, np.ndarray]:
+        """Per grid feature its split values padded with -inf in front and +inf behind, and where each feature starts.
+
+        The lower end of a run starting at interval j of feature i is padded[at[i] + j], the
+        upper end of one ending at interval j is padded[at[i] + j + 1]. Built once per grid.
+        """
+        n_f = len(grid.features)
+        sizes = np.diff(grid.offset)
+        at = grid.offset[:-1] + 2 * np.arange(n_f, dtype=np.int64)
+        padded = np.empty(int(grid.offset[-1]) + 2 * n_f)
+        for i, s in enumerate(grid.split):
+            a = int(at[i])
+            padded[a] = -np.inf
+            padded[a + 1:a + 1 + sizes[i]] = s
+            padded[a + 1 + sizes[i]] = np.inf
+        return at, padded
+
+    def at(self, k: int) -> list[Any]:
+        """The box (per feature id an Interval [lo, hi)) of the grid points within radius C[k]."""
+        q = self.wide + k
+        lo_i = self.j0 - (self.key_below.searchsorted(q, side="right") - self.start_below)
+        hi_i = self.j0 + (self.key_above.searchsorted(q, side="right") - self.start_above)
+        lo = self.padded[self.pad_at + lo_i]
+        hi = self.padded[self.pad_at + hi_i + 1]
+        box = [self.Interval()] * self.n_box
+        for f, a, b in zip(self.grid.features, lo.tolist(), hi.tolist(), strict=True):
+            box[f] = self.Interval(a, b)
+        return box
 
 
 class VeritasLinf(MinimalAttack):
     """Exact minimal linf perturbation by a search over candidate radii with Veritas' output bounds.
 
     The optimum is one of finitely many radii (the distances from x to the interval ends), so the
-    search bisects over that sorted list; each step asks Veritas (Devos et al., "Versatile
-    Verification of Tree Ensembles", ICML 2021) for the leaf combinations whose target margin reaches
-    the certification band M >= -delta (see `margins`) inside the exact box of float32 points
-    reachable at that radius, best first. An upper bound below -delta certifies "no adversarial at
-    this radius"; each combination found is decoded to its closest point and checked with the model's
-    own predict: a flip lowers the radius, a non-flip is resolved (every input with the same leaves
-    gets the same library output) and the enumeration goes on. A cheap local search answers the easy
-    "yes" questions first.
+    search gallops up the sorted list from the cheapest move and bisects the bracket; each step asks
+    Veritas (Devos et al., "Versatile Verification of Tree Ensembles", ICML 2021) for the leaf
+    combinations whose target margin reaches the certification band M >= -delta (see `margins`)
+    inside the exact box of points reachable at that radius (in the ensemble's own threshold dtype:
+    Veritas keeps float64 split values, so LightGBM and HistGradientBoosting are exact too), best
+    first. An upper bound below -delta certifies "no adversarial at this radius". A combination
+    whose margin is above +delta flips every library that computes from those leaves, so it is an
+    adversarial as found; one inside the band is decoded to its closest point and checked with the
+    model's own predict: a flip lowers the radius, a non-flip is resolved (every input with the same
+    leaves gets the same library output) and the enumeration goes on. On scikit-learn forests,
+    combinations of pure leaves are decided exactly (`_ExactVotes`) and, for a class that a tie does
+    not flip, exact ties are shifted out of the search (`_VeritasTarget`), so tied votes are neither
+    enumerated nor predicted.
 
-    Speed without changing a result: the local search scores its moves once per point and radius
-    path (`_LinfSearch`), the model's predict is memoised per point and the band combinations of a
-    query are predicted in batches and replayed in the one-by-one order (`_search`), and the box of
-    a radius is built from flat arrays (`_box_fast`); the Veritas models, the grid and the flat
-    evaluator are built once per run. Every answer, count and flag is the straightforward loop's
-    (tests/test_trees_speed.py).
+    The point each search keeps is checked with the model's predict at the end of the run, all
+    points in one call; a point that does not flip the model (the parsed ensemble and the model
+    disagree) is solved again on the careful path. `careful=True` takes that path for every point:
+    every combination predicted, and a local search answering the easy "yes" radii first (the
+    previous algorithm, kept as the reference: tests/test_veritas_fast.py).
+
+    Speed: the box of a radius comes from a few array operations (`_RadiusBoxes`), Veritas returns
+    after each new combination rather than after each step, the search settings are made once per
+    target, band combinations of a query are predicted in batches and replayed in order, and the
+    Veritas models, the grid and the flat evaluator are built once per run.
 
     Work budgets (deterministic): `query_steps` Veritas expansions and `max_cuts` resolved band
     combinations per query; a point whose query is not settled within them goes to the MILP with the
-    best point found so far (`node_limit` nodes per solve; counted in flags["milp_fallback"]).
+    best verified point found so far (`node_limit` nodes per solve; counted in flags["milp_fallback"]).
     `time_limit` (seconds per point) is only a safety net. `focal_eps` is Veritas' focal search
     parameter (1 = plain best-first A*).
     """
@@ -227,6 +401,7 @@ class VeritasLinf(MinimalAttack):
         time_limit: float = DEFAULT_SAFETY_SECONDS,
         focal_eps: float = 1.0,
         max_memory_mb: int = 1024,
+        careful: bool = False,
         seed: int = 0,
     ) -> None:
         if not time_limit > 0:
@@ -239,14 +414,13 @@ class VeritasLinf(MinimalAttack):
         self.focal_eps = float(focal_eps)
         self.time_limit = float(time_limit)
         self.max_memory = int(max_memory_mb) * 1024 * 1024
+        self.careful = bool(careful)
         self.seed = seed
 
     @classmethod
     def refuses(cls, model: Model) -> str | None:
-        """Veritas splits in float32: an ensemble with float64 thresholds (LightGBM, HistGradientBoosting) goes to the MILP."""
-        ens = ensemble_of(model, cls.name)
-        if ens.threshold_dtype != "float32":
-            return f"veritas splits in float32 only; {model.name!r} compares {ens.threshold_dtype} thresholds (use attack 'milp')"
+        """None: Veritas stores float64 split values, so float32 and float64 (LightGBM, HistGradientBoosting) thresholds are both exact."""
+        ensemble_of(model, cls.name)
         return None
 
     @classmethod
@@ -259,32 +433,50 @@ class VeritasLinf(MinimalAttack):
         return True
 
     def _attack(self, model: Model, X: np.ndarray, y: np.ndarray, norm: Norm) -> Candidates:
-        """Solve every clean-correct point; the Veritas models of the class pairs are built once."""
-        ens = ensemble_of(model, self.name)
-        if ens.threshold_dtype != "float32":
-            raise AttackError(f"veritas: {model.name!r} compares {ens.threshold_dtype} thresholds, Veritas splits in float32 only; use attack 'milp'")
-        milp_solver = MilpSolver(ens, model, norm, 1e-6, self.node_limit, time_limit=self.time_limit)
-        vts: dict[tuple[int, int], _VeritasTarget] = {}
+        """Solve every clean-correct point; the Veritas models of the class pairs are built once.
 
-        def vt_of(t: Target) -> _VeritasTarget:
-            key = (t.k, t.y)
+        Each point is solved on the fast path (combinations whose margin clears the certification
+        band count as adversarial without a predict); the found points are then checked with the
+        model's own predict in one batch, and a point whose adversarial does not flip the model
+        (the parsed ensemble disagrees with the model there) is solved again on the careful path,
+        where every combination is predicted.
+        """
+        ens = ensemble_of(model, self.name)
+        milp_solver = MilpSolver(ens, model, norm, 1e-6, self.node_limit, time_limit=self.time_limit)
+        votes = shared(ens, "exact-votes", lambda: _ExactVotes(ens, milp_solver.flat) if _ExactVotes.applies(ens) else None)
+        vts: dict[tuple[int, int, bool], _VeritasTarget] = shared(ens, "veritas-targets", dict)
+
+        def vt_of(t: Target, careful: bool = False) -> _VeritasTarget:
+            """The Veritas model of a target: on the fast path of a vote forest, exact ties of a strict target shifted out."""
+            fast = votes is not None and not careful
+            key = (t.k, t.y, fast)
             if key not in vts:
-                vts[key] = _VeritasTarget(ens, t)
+                vt = _VeritasTarget(ens, t, votes if fast else None, 1.5 * t.delta if fast and not t.tie_ok else 0.0)
+                if vt.empty and vt.shift:
+                    vt = _VeritasTarget(ens, t, votes)
+                vts[key] = vt
             return vts[key]
 
-        return run_points(self.name, model, ens, X, y, lambda x, yi: self._solve_point(ens, model, milp_solver, vt_of, x, yi))
+        pad = shared(ens, "veritas-padding", lambda: _RadiusBoxes.padding(milp_solver.grid))
+        edges = shared(ens, "veritas-edges", lambda: _Edges(milp_solver.grid))
+        return run_points(self.name, model, ens, X, y,
+                          lambda x, yi: self._solve_point(ens, model, milp_solver, vt_of, x, yi, self.careful, pad, edges),
+                          recheck=lambda x, yi: self._solve_point(ens, model, milp_solver, vt_of, x, yi, True, pad, edges))
 
-    def _query(self, vt: _VeritasTarget, box: dict[int, Any], x: np.ndarray, y: int, model: Model,
+    def _query(self, vt: _VeritasTarget, box: list[Any], x: np.ndarray, y: int, model: Model,
                out: PointOutcome, label: Callable[[np.ndarray], int] | None = None,
-               deadline: float = np.inf) -> tuple[str, np.ndarray | None]:
+               deadline: float = np.inf, sure: float = np.inf,
+               decode: Callable[[dict[int, Any]], np.ndarray] | None = None) -> tuple[str, np.ndarray | None]:
         """Is an input the model moves off class y reachable in `box` through this target?
 
-        ("adv", point): a verified adversarial; ("none", None): certified: no leaf combination in the
+        ("adv", point): an adversarial, verified by the model's predict unless its margin is above
+        `sure` (see `_search`); ("none", None): certified: no leaf combination in the
         box reaches M >= -delta except ones the model was seen not to flip; ("unknown", None): not
         settled within the work budgets, or `deadline` (perf_counter) passed during the search
         (then `out.time_hit` is set).
         """
-        guard = vt.target.guard(0)
+        # a shifted model (see `_VeritasTarget`): shift - delta lies between its exact ties and everything else
+        guard = vt.target.guard(0) + vt.shift
         lab = label if label is not None else _Labels(model)
         if vt.empty:  # the margin is a constant
             if vt.c0 < guard:
@@ -292,26 +484,37 @@ class VeritasLinf(MinimalAttack):
             if lab(x) != y:
                 return "adv", x.copy()
             return "none", None  # the constant combination (this point's) does not flip
-        return self._search(vt, box, x, y, model, guard, out, lab, deadline)
+        return self._search(vt, box, x, y, model, guard, out, lab, deadline, sure, decode)
 
-    def _search(self, vt: _VeritasTarget, box: dict[int, Any], x: np.ndarray, y: int, model: Model, guard: float,
+    def _search(self, vt: _VeritasTarget, box: list[Any], x: np.ndarray, y: int, model: Model, guard: float,
                 out: PointOutcome, label: Callable[[np.ndarray], int] | None = None,
-                deadline: float = np.inf) -> tuple[str, np.ndarray | None]:
+                deadline: float = np.inf, sure: float = np.inf,
+                decode: Callable[[dict[int, Any]], np.ndarray] | None = None) -> tuple[str, np.ndarray | None]:
         """Enumerate the box's leaf combinations with margin >= guard, best first (answers as in `_query`).
 
+        A combination whose Veritas margin is above `sure` (the certification band delta: no
+        library can compute a margin <= 0 from those leaves, Veritas' own float64 sum included) is
+        returned without a predict; the caller verifies the point it keeps. With the default
+        (inf) every combination is predicted. Either way the answer is the first combination in
+        the search order that flips the model, provided the parsed ensemble is the model's.
         The deadline is checked before every batch of search steps: once it has passed the answer
         is ("unknown", None) with `out.time_hit` set, as when it passes between queries.
         """
         import veritas
 
         lab = label if label is not None else _Labels(model)
-        cfg = veritas.Config(veritas.HeuristicType.MAX_OUTPUT)
-        cfg.stop_when_optimal = False
-        cfg.ignore_state_when_worse_than = guard
-        cfg.stop_when_num_new_solutions_exceeds = 0  # hand every new combination back to be checked
-        cfg.max_memory = self.max_memory
-        cfg.focal_eps = self.focal_eps
-        s = cfg.get_search(vt.at, [box.get(f, veritas.Interval()) for f in range(vt.n_feat)])
+        key = (guard, self.max_memory, self.focal_eps)
+        cfg = vt.configs.get(key)
+        if cfg is None:  # the same settings for every query of this target: made once
+            cfg = vt.configs[key] = veritas.Config(veritas.HeuristicType.MAX_OUTPUT)
+            cfg.stop_when_optimal = False
+            cfg.ignore_state_when_worse_than = guard
+            # return after each new combination (Veritas stops once the new ones reach this count; 0
+            # would return after every single step)
+            cfg.stop_when_num_new_solutions_exceeds = 1
+            cfg.max_memory = self.max_memory
+            cfg.focal_eps = self.focal_eps
+        s = cfg.get_search(vt.at, box[:vt.n_feat] if len(box) >= vt.n_feat else box + [veritas.Interval()] * (vt.n_feat - len(box)))
         seen = resolved = 0
         chunk = min(1000, self.query_steps)
         want = 1  # band combinations to collect before one batched predict (doubles while none flips)
@@ -320,18 +523,22 @@ class VeritasLinf(MinimalAttack):
             # call its new combinations and whether the one-by-one loop would stop after it; then
             # predict them in one batch and replay the record in order: the answer, the counts and
             # the flags are the one-by-one loop's. The search never runs past a stopping call.
-            events: list[tuple[list[np.ndarray], str | None]] = []
+            events: list[tuple[list[tuple[np.ndarray, str]], str | None]] = []
             n_new = 0
             while True:
                 if time.perf_counter() > deadline:
                     out.time_hit = True
                     return "unknown", None
-                reason = s.steps(chunk)
+                # never past the step budget: the search state where it runs out is the one-step loop's
+                reason = s.steps(max(1, min(chunk, self.query_steps - int(s.stats.num_steps))))
                 found = []
                 for i in range(seen, s.num_solutions()):
                     q = s.get_solution(i)
                     if q.output >= guard:
-                        found.append(self._closest(x, q.box()))
+                        xa = decode(q.box()) if decode is not None else self._closest(x, q.box(), vt.dtype)
+                        kind = self._kind(vt, xa, float(q.output), y, sure)
+                        if kind != "skip":
+                            found.append((xa, kind))
                 seen = s.num_solutions()
                 end: str | None = None
                 if reason == veritas.StopReason.NO_MORE_OPEN or s.num_open() == 0 or s.current_bounds().top_of_open < guard:
@@ -343,10 +550,10 @@ class VeritasLinf(MinimalAttack):
                 if end is not None or n_new >= want:
                     break
             if isinstance(lab, _Labels):
-                lab.many([xa for found, _ in events for xa in found])
+                lab.many([xa for found, _ in events for xa, kind in found if kind == "band"])
             for found, end in events:
-                for xa in found:
-                    if lab(xa) != y:
+                for xa, kind in found:
+                    if kind == "flip" or (kind == "band" and lab(xa) != y):
                         return "adv", xa
                     resolved += 1
                     out.retries += 1
@@ -361,84 +568,103 @@ class VeritasLinf(MinimalAttack):
             want = max(1, min(2 * want, self.max_cuts + 1 - resolved))
 
     @staticmethod
-    def _closest(x: np.ndarray, box: dict[int, Any]) -> np.ndarray:
-        """The closest point to x inside a Veritas box [lo, hi) of float32 values (a rounding edge where moved)."""
+    def _kind(vt: _VeritasTarget, xa: np.ndarray, output: float, y: int, sure: float) -> str:
+        """What a combination found at point xa is: "flip", "noflip" (both decided exactly), "band" (to predict) or "skip".
+
+        Integer-leaf combinations are decided by `_ExactVotes`; otherwise the margin is Veritas'
+        output, or on a shifted model (`_VeritasTarget.shift`) the margin recomputed at xa: above
+        `sure` (delta) no library computes a margin <= 0 from those leaves, below -delta none
+        computes one >= 0 (such a combination only cleared the shifted guard), in between the
+        model's predict decides.
+        """
+        if vt.votes is not None:
+            p = vt.votes.decide(xa)
+            if p is not None:
+                return "flip" if p != y else "noflip"
+        if vt.shift and vt.votes is not None:  # a shifted model always has its votes
+            raw = vt.votes.flat.raw(xa[None])[0]
+            output = float(raw[vt.target.k] - raw[vt.target.y])
+            if output < -vt.target.delta:
+                return "skip"
+        return "flip" if output > sure else "band"
+
+    @staticmethod
+    def _closest(x: np.ndarray, box: dict[int, Any], dtype: type[np.floating[Any]] = np.float32) -> np.ndarray:
+        """The closest point to x inside a Veritas box [lo, hi) of `dtype` values (a rounding edge where moved, see `grid`)."""
         out = np.array(x, dtype=np.float64, copy=True)
-        for f, iv in box.items():
-            x32 = np.float32(x[f])
-            lo, hi = iv.lo, iv.hi
-            if np.isfinite(lo) and x32 < lo:
-                out[f] = float(edge_up(np.float32(lo)))
-            elif np.isfinite(hi) and x32 >= hi:
-                out[f] = float(edge_down(prev32(hi)))
+        if not box:
+            return out
+        fs = np.fromiter(box.keys(), dtype=np.int64, count=len(box))
+        lo = np.fromiter((iv.lo for iv in box.values()), dtype=np.float64, count=len(box))
+        hi = np.fromiter((iv.hi for iv in box.values()), dtype=np.float64, count=len(box))
+        xd = out[fs].astype(dtype).astype(np.float64)
+        up = np.isfinite(lo) & (xd < lo)
+        down = ~up & np.isfinite(hi) & (xd >= hi)
+        if up.any():
+            out[fs[up]] = edge_up(lo[up].astype(dtype), dtype)
+        if down.any():
+            out[fs[down]] = edge_down(np.nextafter(hi[down].astype(dtype), dtype(-np.inf)), dtype)
         return out
 
     @staticmethod
-    def _box_at(grid: Grid, dists: list[np.ndarray], delta: float) -> dict[int, Any]:
-        """The Veritas box (per feature an Interval [lo, hi)) of the grid points within linf radius delta."""
+    def _box_at(grid: Grid, dists: list[np.ndarray], delta: float) -> list[Any]:
+        """The Veritas box (per feature id an Interval [lo, hi)) of the grid points within linf radius delta."""
         import veritas
 
-        box = {}
+        box = [veritas.Interval()] * (grid.features[-1] + 1 if grid.features else 0)
         for i, f in enumerate(grid.features):
             ok = np.flatnonzero(dists[i] <= delta)
             lo_i, hi_i = int(ok.min()), int(ok.max())
             s = grid.split[i]
             lo = float(s[lo_i - 1]) if lo_i > 0 else -np.inf
             hi = float(s[hi_i]) if hi_i < len(s) else np.inf
-            iv = _interval(veritas, lo, hi)
-            if iv is not None:
-                box[f] = iv
-        return box
-
-    @staticmethod
-    def _box_fast(grid: Grid, search: LocalSearch, delta: float) -> dict[int, Any]:
-        """`_box_at(grid, search.dists, delta)` without a Python pass over every interval (the same box)."""
-        import veritas
-
-        ok = np.flatnonzero(search.cand_d <= delta)
-        feats, first = np.unique(search.feat_of[ok], return_index=True)
-        if feats.size != len(grid.features):  # a feature without a reachable interval: let the reference raise
-            return VeritasLinf._box_at(grid, search.dists, delta)
-        last = np.append(first[1:], ok.size) - 1
-        lo_i = search.int_of[ok[first]]
-        hi_i = search.int_of[ok[last]]
-        m = np.diff(grid.offset)
-        split_at = grid.offset[:-1]
-        box = {}
-        for i, f in enumerate(grid.features):
-            li, hi_ = int(lo_i[i]), int(hi_i[i])
-            lo = float(grid.split_flat[split_at[i] + li - 1]) if li > 0 else -np.inf
-            hi = float(grid.split_flat[split_at[i] + hi_]) if hi_ < m[i] else np.inf
-            iv = _interval(veritas, lo, hi)
-            if iv is not None:
-                box[f] = iv
+            box[f] = veritas.Interval(lo, hi)
         return box
 
     def _solve_point(self, ens: TreeEnsemble, model: Model, milp_solver: MilpSolver,
-                     vt_of: Callable[[Target], _VeritasTarget], x: np.ndarray, y: int) -> PointOutcome:
-        """Bisection over the candidate radii of x; the MILP takes over when a query stays undecided."""
-        deadline = time.perf_counter() + self.time_limit
+                     vt_of: Callable[..., _VeritasTarget], x: np.ndarray, y: int, careful: bool = False,
+                     pad: tuple[np.ndarray, np.ndarray] | None = None, edges: _Edges | None = None,
+                     deadline: float | None = None) -> PointOutcome:
+        """A search over the candidate radii of x; the careful path, then the MILP, take over when a query stays undecided.
+
+        Fast path (default): a gallop from the cheapest radius and a bisection, every radius one
+        Veritas query per target, and combinations whose margin clears the band count as
+        adversarial unpredicted (`out.verified` says whether the kept point was predicted; the
+        caller checks the rest). A point it cannot settle within the work budgets is solved again
+        on the careful path (within the same `deadline`, perf_counter). Careful path: a bisection
+        over the whole list, a local search answering the easy "yes" radii first, every
+        combination predicted, and the MILP for what stays undecided.
+        """
+        deadline = time.perf_counter() + self.time_limit if deadline is None else deadline
         out = PointOutcome()
         grid = milp_solver.grid
         search = _LinfSearch(milp_solver.flat, grid, model, x, y, deadline)
         C = search.radii
+        boxes = _RadiusBoxes(grid, search, pad)
+        edges = edges if edges is not None else _Edges(grid)
+        xd = np.asarray(x, dtype=np.float64).astype(grid.dtype).astype(np.float64).tolist()
+
+        def decode(b: dict[int, Any]) -> np.ndarray:
+            return edges.closest(x, xd, b)
+
         targets = milp_solver.targets(y)
         if len(targets) > 1:
             clean = ens.raw(x[None])[0]
             targets = sorted(targets, key=lambda t: -(clean[t.k] - clean[t.y]))
 
-        def query(delta: float) -> tuple[str, np.ndarray | None]:
-            """("adv", point), ("none", None) (certified) or ("unknown", None) at radius delta."""
-            quick = search.within(delta)
-            if quick is not None:
-                return "adv", quick
-            box = self._box_fast(grid, search, delta)
+        def query(k: int) -> tuple[str, np.ndarray | None]:
+            """("adv", point), ("none", None) (certified) or ("unknown", None) at radius C[k]."""
+            if careful:
+                quick = search.within(float(C[k]))
+                if quick is not None:
+                    return "adv", quick
+            box = boxes.at(k)
             status = "none"
             for t in targets:
                 if time.perf_counter() > deadline:
                     out.time_hit = True
                     return "unknown", None
-                r, xa = self._query(vt_of(t), box, x, y, model, out, search.label, deadline)
+                r, xa = self._query(vt_of(t, careful), box, x, y, model, out, search.label, deadline, np.inf if careful else t.delta, decode)
                 out.solves += 1
                 if r == "adv":
                     return "adv", xa
@@ -446,22 +672,48 @@ class VeritasLinf(MinimalAttack):
                     status = "unknown"
             return status, None
 
-        lo = 0
-        hi = int(np.searchsorted(C, out.dist)) if np.isfinite(out.dist) else C.size
+        lo, hi = 0, C.size  # every radius below C[lo] is certified; an adversarial at C[hi] is known
         undecided = False
-        while lo < hi:
-            mid = (lo + hi) // 2
-            r, xa = query(float(C[mid]))
+
+        def ask(i: int) -> bool:
+            """Query C[i]: update lo/hi and the best point; False when the query stays undecided."""
+            nonlocal lo, hi
+            r, xa = query(i)
             if r == "adv" and xa is not None:
                 d = point_distance(x, xa, LINF)
                 if d < out.dist:
                     out.x_adv, out.dist = xa, d
-                hi = min(mid, int(np.searchsorted(C, d)))
+                hi = min(i, int(np.searchsorted(C, d)))
             elif r == "none":
-                lo = mid + 1
+                lo = i + 1
             else:
+                return False
+            return True
+
+        # fast path: gallop up from the cheapest move (small boxes are cheap queries), then bisect the
+        # bracket; careful path: bisect the whole list
+        step = 1
+        i = 0
+        while not careful and lo < hi and i < hi:
+            if not ask(i):
                 undecided = True
                 break
+            if hi <= i:
+                break
+            i = lo + step - 1
+            step *= 2
+        while not undecided and lo < hi:
+            if not ask((lo + hi) // 2):
+                undecided = True
+        if undecided and not careful:
+            # a query the fast path could not settle within its budgets: the careful path (local search
+            # first, bisection from the top) asks other radii and often settles them; the MILP follows
+            # only where it cannot either
+            again = self._solve_point(ens, model, milp_solver, vt_of, x, y, True, pad, edges, deadline)
+            again.solves += out.solves
+            again.retries += out.retries
+            again.time_hit |= out.time_hit
+            return again
         # no adversarial within any radius below C[lo]; C[0] is the cheapest move
         out.lower = min(float(C[lo]) if lo < C.size else np.inf, out.dist)
         if undecided:
@@ -474,6 +726,7 @@ class VeritasLinf(MinimalAttack):
                 out.x_adv, out.dist = fb.x_adv, fb.dist
             out.lower = min(max(out.lower, fb.lower), out.dist)
             out.fell_back = True
+        out.verified = out.x_adv is None or search.label.seen(out.x_adv)
         return out
 
 
