@@ -44,9 +44,9 @@ RESULTS = Path(__file__).resolve().parent / "results" / "forest_milp.md"
 EXACT_REL = 1e-6  # certified exact: lower bound within the MILP's relative gap (mip_rel_gap 1e-6) of the radius
 
 
-def before_module() -> types.ModuleType:
-    """milp.py as of commit BEFORE, importable next to the current package (relative imports resolve)."""
-    src = subprocess.run(["git", "show", f"{BEFORE}:robustbench_align/attacks/trees/milp.py"], cwd=ROOT, check=True,
+def before_module(before: str = BEFORE) -> types.ModuleType:
+    """milp.py as of commit `before`, importable next to the current package (relative imports resolve)."""
+    src = subprocess.run(["git", "show", f"{before}:robustbench_align/attacks/trees/milp.py"], cwd=ROOT, check=True,
                          capture_output=True, text=True).stdout
     path = Path(tempfile.mkdtemp()) / "_milp_before.py"
     path.write_text(src)
@@ -109,33 +109,45 @@ CELLS = [("rf", "breast_cancer", "l2"), ("rf", "breast_cancer", "l1"), ("rf", "d
          ("gbdt", "breast_cancer", "l2"), ("xgb", "breast_cancer", "l2")]
 
 
+def run(cells: list[tuple[str, ...]] | None = None, points: int = 10, cache: str | None = None, before: str = BEFORE,
+        command: str = "python -m benchmarks.forest_milp") -> dict[str, Any]:
+    """Every cell, before and after; returns {"rows": [...], "markdown": str}."""
+    mod = before_module(before)
+    lines = ["| model | dataset | norm | points | s/pt before | s/pt after | speed-up | exact before | exact after "
+             "| max abs radius diff | radius lower / higher after | max abs lower-bound diff | bound above the other's radius |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    print(lines[0], flush=True)
+    rows = []
+    for m, d, nm in cells or CELLS:
+        r = run_cell(mod, m, d, nm, points, cache)
+        rows.append(r)
+        line = (f"| {r['model']} | {r['dataset']} | {r['norm']} | {r['n']} | {r['old']:.2f} | {r['new']:.2f} | {r['old'] / max(r['new'], 1e-9):.2f}x "
+                f"| {r['ex_old']}/{r['n']} | {r['ex_new']}/{r['n']} | {r['dr']:.2e} | {r['r_lower']} / {r['r_higher']} | {r['dl']:.2e} | {r['lower_above']} |")
+        lines.append(line)
+        print(line, flush=True)
+    head = [f"# Exact l2/l1 on forests: MILP before ({before}) and after, same process, same points", "",
+            f"`{command}` on {platform.processor() or platform.machine()}, "
+            f"Python {platform.python_version()}; default work budgets (100 nodes per solve, 2 band cuts per target). "
+            "Timings are wall-clock on a shared machine: compare the two columns of a row, not rows across runs.", ""]
+    return {"rows": rows, "before": before, "markdown": "\n".join(head + lines) + "\n"}
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="3 points per cell (default 10)")
     ap.add_argument("--points", type=int, default=None)
     ap.add_argument("--cache", default=None, help="fit cache of the default plan, e.g. the one of a cold run (default: fit here)")
     ap.add_argument("--cells", default=None, help="comma-separated model:dataset:norm (default: all)")
+    ap.add_argument("--before", default=BEFORE, help=f"the commit whose milp.py is 'before' (default {BEFORE})")
+    ap.add_argument("--out", default=str(RESULTS), help="where to write the markdown table")
     args = ap.parse_args(argv)
     points = args.points or (3 if args.quick else 10)
     cells = [tuple(c.split(":")) for c in args.cells.split(",")] if args.cells else CELLS
-    cache = args.cache
-    before = before_module()
-    lines = ["| model | dataset | norm | points | s/pt before | s/pt after | speed-up | exact before | exact after "
-             "| max abs radius diff | radius lower / higher after | max abs lower-bound diff | bound above the other's radius |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    print(lines[0], flush=True)
-    for m, d, nm in cells:
-        r = run_cell(before, m, d, nm, points, cache)
-        line = (f"| {r['model']} | {r['dataset']} | {r['norm']} | {r['n']} | {r['old']:.2f} | {r['new']:.2f} | {r['old'] / max(r['new'], 1e-9):.2f}x "
-                f"| {r['ex_old']}/{r['n']} | {r['ex_new']}/{r['n']} | {r['dr']:.2e} | {r['r_lower']} / {r['r_higher']} | {r['dl']:.2e} | {r['lower_above']} |")
-        lines.append(line)
-        print(line, flush=True)
-    head = [f"# Exact l2/l1 on forests: MILP before ({BEFORE}) and after, same process, same points", "",
-            f"`python -m benchmarks.forest_milp {' '.join(argv if argv is not None else sys.argv[1:])}` on {platform.processor() or platform.machine()}, "
-            f"Python {platform.python_version()}; default work budgets (100 nodes per solve, 2 band cuts per target). "
-            "Timings are wall-clock on a shared machine: compare the two columns of a row, not rows across runs.", ""]
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text("\n".join(head + lines) + "\n")
+    res = run(cells, points, args.cache, args.before,
+              "python -m benchmarks.forest_milp " + " ".join(argv if argv is not None else sys.argv[1:]))
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(res["markdown"])
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ import pytest
 from robustbench_align.attacks.trees import KantchelianMILP, VeritasLinf
 from robustbench_align.attacks.trees import veritas as vmod
 from robustbench_align.attacks.trees.flat import FlatEnsemble
+from robustbench_align.attacks.trees.margins import ExactVotes
 from robustbench_align.models import trees as trees_mod
 from robustbench_align.models.base import Model
 from test_trees_exact import EnsembleModel, brute_force, random_ensemble
@@ -89,8 +90,8 @@ def test_exact_votes_agree_with_scikit_learn_on_ties():
     for n_trees, classes in ((4, 2), (6, 3), (2, 2)):
         model, X, _ = pure_forest(n_trees, classes=classes, seed=n_trees)
         ens = model.tree_ensemble()
-        assert vmod._ExactVotes.applies(ens)
-        votes = vmod._ExactVotes(ens, FlatEnsemble(ens))
+        assert ExactVotes.applies(ens)
+        votes = ExactVotes(ens, FlatEnsemble(ens))
         rng = np.random.default_rng(0)
         P = rng.normal(scale=1.5, size=(3000, X.shape[1]))
         pred = model.predict(P)
@@ -109,14 +110,14 @@ def test_exact_votes_do_not_apply_where_unproved():
     X, y = tabular()
     gb = trees_mod.GradientBoostingModel(n_estimators=5, max_depth=2).fit(X, y)
     xgb = trees_mod.XGBoostModel(n_estimators=5, max_depth=2).fit(X, y)
-    assert not vmod._ExactVotes.applies(xgb.tree_ensemble())
-    assert not vmod._ExactVotes.applies(gb.tree_ensemble())
+    assert not ExactVotes.applies(xgb.tree_ensemble())
+    assert not ExactVotes.applies(gb.tree_ensemble())
     forest, _, _ = pure_forest(4)
     ens = forest.tree_ensemble()
     import dataclasses
 
-    assert not vmod._ExactVotes.applies(dataclasses.replace(ens, source="onnx.TreeEnsembleClassifier"))
-    assert not vmod._ExactVotes.applies(dataclasses.replace(ens, bias=np.full(ens.n_outputs, 0.5)))
+    assert not ExactVotes.applies(dataclasses.replace(ens, source="onnx.TreeEnsembleClassifier"))
+    assert not ExactVotes.applies(dataclasses.replace(ens, bias=np.full(ens.n_outputs, 0.5)))
 
 
 def test_tie_forest_fast_path_skips_ties_and_equals_milp():
@@ -196,3 +197,24 @@ def test_edge_lookup_decodes_like_closest():
                         a, b = sorted(rng.choice(sp.astype(np.float64), 2))
                         box[f] = veritas.Interval(float(a), float(b)) if a < b else veritas.Interval.from_lo(float(a))
                 np.testing.assert_array_equal(edges.closest(x, xd, box), VeritasLinf._closest(x, box, grid.dtype))
+
+
+@pytest.mark.parametrize("norm", ["l2", "l1", "linf"])
+def test_shifted_certificates_equal_brute_force_on_a_tie_forest(norm):
+    """The MILP (and Veritas for linf) certify forests with exact vote ties on the shifted margin: equal to brute force."""
+    X, y = tabular(n=40, d=3, seed=5)
+    model = trees_mod.RandomForestModel(n_estimators=4, max_depth=3, random_state=1).fit(X, y)
+    ens = model.tree_ensemble()
+    values = np.concatenate([t.value[t.is_leaf] for t in ens.trees])
+    assert np.mean(np.all(values == np.round(values), axis=1)) > 0.5  # mostly pure leaves: ties
+    P = np.random.default_rng(3).normal(scale=0.8, size=(10, 3))
+    yp = model.predict(P)
+    attacks = [KantchelianMILP(mip_rel_gap=1e-9)] + ([VeritasLinf()] if norm == "linf" else [])
+    for att in attacks:
+        res = att.run(model, P, yp, norm)
+        for i in range(len(P)):
+            bf = brute_force(ens, P[i], int(yp[i]), norm, flipped=lambda p, yi=int(yp[i]): model.predict(p[None])[0] != yi)
+            assert res.distance[i] == pytest.approx(bf, rel=1e-7, abs=0), (att.name, i)
+            assert res.lower_bound[i] <= bf * (1 + 1e-9)
+            if att.name == "veritas" or norm != "linf":  # the exact path of each norm certifies, not just bounds
+                assert res.lower_bound[i] >= bf * (1 - 1e-6), (att.name, i)

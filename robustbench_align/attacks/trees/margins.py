@@ -23,7 +23,9 @@ again with a guard M >= g of growing size (GUARD_STEPS, up to 1e-3 of the output
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -114,6 +116,71 @@ def targets_of(ens: TreeEnsemble, y: int) -> list[Target]:
     return out
 
 
+# forests whose predict is the argmax (ties to the first class) of the float64 sum of per-tree class
+# fractions divided by the number of trees (scikit-learn's RandomForest/ExtraTrees/DecisionTree)
+_VOTE_SOURCES = ("sklearn.RandomForestClassifier", "sklearn.ExtraTreesClassifier", "sklearn.DecisionTreeClassifier")
+_VOTE_LIMIT = 2.0 ** 20  # integer class sums below this stay exact and distinct through float32/float64 sums and / T
+
+
+class ExactVotes:
+    """Leaf combinations of integer-valued leaves (a forest's pure leaves), decided exactly without a predict.
+
+    scikit-learn's forests add the per-tree class fractions in float64 (in any order with several
+    jobs), divide by the number of trees T and take the argmax, ties going to the first class. A
+    pure leaf's fractions are exactly 0 and 1 (c/c and 0/c are exact). When every leaf of a
+    combination is integer-valued, every partial sum is a small integer, so the library's sums
+    are the exact sums whatever the order; dividing distinct integers below 2^20 by T keeps them
+    distinct and ordered, and equal sums stay equal. The library's decision is then the argmax of
+    the exact integer sums with ties to the lowest class, which is what `decide` computes. Any
+    combination with a fractional leaf is left to the margin band and the model's predict.
+    """
+
+    def __init__(self, ens: TreeEnsemble, flat: Any) -> None:
+        """`flat`: the ensemble's `FlatEnsemble` (its leaves are the flat node numbers used here)."""
+        self.flat = flat
+        self.values = np.concatenate([t.value for t in ens.trees])  # per flat node, before the division by T
+        self.integer = np.all(self.values == np.round(self.values), axis=1)
+
+    @staticmethod
+    def applies(ens: TreeEnsemble) -> bool:
+        """The library arithmetic the exact rule is proved for (see the class docstring)."""
+        if ens.source not in _VOTE_SOURCES or (ens.meta or {}).get("library") != "scikit-learn":
+            return False
+        if ens.link != "identity" or ens.combine != "mean" or np.any(np.asarray(ens.bias, dtype=np.float64) != 0):
+            return False
+        top = sum(float(np.abs(t.value[t.is_leaf]).max()) for t in ens.trees if t.value.size)
+        return top < _VOTE_LIMIT
+
+    def leaf_integer(self, ens: TreeEnsemble) -> list[np.ndarray]:
+        """Per tree, per node: whether the node's values are all integers."""
+        out, at = [], 0
+        for t in ens.trees:
+            out.append(self.integer[at:at + t.n_nodes])
+            at += t.n_nodes
+        return out
+
+    def decide(self, xa: np.ndarray) -> int | None:
+        """The library's class at xa when all its leaves are integer-valued, else None."""
+        leaves = self.flat.leaves(xa)
+        if not self.integer[leaves].all():
+            return None
+        sums = self.values[leaves].sum(axis=0)  # exact: small integers
+        return int(np.argmax(sums))
+
+
+def shifted(target: Target, integer: list[np.ndarray], shift: float) -> Target:
+    """The target with `shift` added to every fractional leaf (integer: per tree, per node, from `ExactVotes.leaf_integer`).
+
+    Its margin is M' = M + shift * (fractional leaves of the combination). With delta < shift <
+    2 delta, asking M' >= shift - delta leaves out exactly the integer-leaf combinations with
+    M = 0 (exact ties, which do not flip a target that is not `tie_ok`, see `ExactVotes`), and keeps
+    every other combination a library could flip: integer ones with M >= 1/T and fractional ones
+    with M >= -delta (floating-point sums of M' are within the band's own allowance of it).
+    """
+    w = [np.where(m, wt, wt + shift) for wt, m in zip(target.w, integer, strict=True)]
+    return dataclasses.replace(target, w=w)
+
+
 def margin_of_raw(raw: np.ndarray, y: int) -> np.ndarray:
     """Per row the best margin over alternative classes, shifted so that >= 0 means 'left y'."""
     tiny = np.finfo(np.float64).tiny
@@ -126,4 +193,4 @@ def margin_of_raw(raw: np.ndarray, y: int) -> np.ndarray:
     return best
 
 
-__all__ = ["GUARD_STEPS", "N_LEVELS", "STRICT_EPS", "Target", "decision_tolerance", "margin_of_raw", "targets_of"]
+__all__ = ["GUARD_STEPS", "N_LEVELS", "STRICT_EPS", "ExactVotes", "Target", "decision_tolerance", "margin_of_raw", "shifted", "targets_of"]

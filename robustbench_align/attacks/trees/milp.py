@@ -22,7 +22,7 @@ from ..base import Candidates, MinimalAttack, Norm
 from .flat import DeadlinePassed, FlatEnsemble, check_deadline
 from .grid import Grid, point_distance
 from .local_search import LocalSearch
-from .margins import N_LEVELS, Target, targets_of
+from .margins import N_LEVELS, ExactVotes, Target, shifted, targets_of
 from .points import DEFAULT_SAFETY_SECONDS, PointOutcome, check_budget, ensemble_of, run_points, shared
 
 log = logging.getLogger(__name__)
@@ -368,7 +368,9 @@ class MilpSolver:
         self.grid = shared(ens, "grid", lambda: Grid.of_trees(list(ens.trees), ens.strict, ens.dtype))
         self.flat = shared(ens, "flat", lambda: FlatEnsemble(ens))
         self._targets: dict[int, list[Target]] = shared(ens, "targets", dict)
-        self._structs: dict[tuple[int, int], MilpStructure] = shared(ens, "milp-structures", dict)
+        self._structs: dict[tuple[int, int, float], MilpStructure] = shared(ens, "milp-structures", dict)
+        votes = shared(ens, "exact-votes", lambda: ExactVotes(ens, self.flat) if ExactVotes.applies(ens) else None)
+        self.integer = shared(ens, "integer-leaves", lambda: votes.leaf_integer(ens) if votes is not None else None)
 
     def targets(self, y: int) -> list[Target]:
         """The target margins of class y (cached)."""
@@ -376,12 +378,25 @@ class MilpSolver:
             self._targets[y] = targets_of(self.ens, y)
         return self._targets[y]
 
-    def structure(self, t: Target, deadline: float = np.inf) -> MilpStructure:
-        """The MILP structure of one target (cached); DeadlinePassed when `deadline` passes while it is built."""
-        key = (t.k, t.y)
+    def structure(self, t: Target, deadline: float = np.inf, shift: float = 0.0) -> MilpStructure:
+        """The MILP structure of one target (cached); DeadlinePassed when `deadline` passes while it is built.
+
+        `shift` > 0 (vote forests only, see `certifying`): the structure of the `shifted` target.
+        """
+        key = (t.k, t.y, shift)
         if key not in self._structs:
-            self._structs[key] = MilpStructure(self.ens, t, deadline)
+            self._structs[key] = MilpStructure(self.ens, shifted(t, self.integer, shift) if shift > 0 and self.integer is not None else t, deadline)
         return self._structs[key]
+
+    def certifying(self, t: Target) -> float:
+        """The margin shift of the certification program of a target (0: none).
+
+        On a forest whose pure-leaf combinations are decided exactly (`ExactVotes`), a target that
+        a tie does not flip is certified on its `shifted` margin from guard shift - delta: the exact
+        ties are not candidates, so they are neither found, predicted and cut one by one nor left to
+        weaken the certificate.
+        """
+        return 1.5 * t.delta if self.integer is not None and not t.tie_ok else 0.0
 
     def floor(self, x: np.ndarray) -> float:
         """A trivial certified bound: any flip moves at least one feature across a threshold."""
@@ -433,9 +448,10 @@ class MilpSolver:
                 out.x_adv, out.dist = xa, d
 
         for t in targets:
+            shift = self.certifying(t)
             try:  # past the deadline every solve below returns None: the same bound (0) without building anything
                 check_deadline(deadline)
-                st = self.structure(t, deadline)
+                st = self.structure(t, deadline, shift)
             except DeadlinePassed:
                 out.time_hit = True
                 lows.append(0.0)
@@ -444,7 +460,7 @@ class MilpSolver:
             cuts: list[np.ndarray] = []
             found = False
             for _ in range(self.max_cuts + 1):
-                r = solve(st, t.guard(0), cuts)
+                r = solve(st, t.guard(0) + shift, cuts)
                 if r is None:
                     break
                 low_t = max(low_t, float(r["lb"]))  # sound: only combinations seen not to flip were cut off
@@ -459,6 +475,13 @@ class MilpSolver:
                 out.retries += 1
                 log.debug("milp: band point did not flip the model; cutting its leaf combination off")
             if not found:
+                if shift:
+                    try:
+                        st = self.structure(t, deadline)  # the search levels ask the target's own margin
+                    except DeadlinePassed:
+                        out.time_hit = True
+                        lows.append(low_t)
+                        continue
                 for level in range(1, N_LEVELS):
                     r = solve(st, t.guard(level))
                     if r is None or r["x"] is None:

@@ -21,89 +21,35 @@ from ...models.base import Model, TreeEnsemble
 from ..base import LINF, Candidates, MinimalAttack, Norm
 from .grid import Grid, edge_down, edge_up, next_down, next_up, point_distance
 from .local_search import LocalSearch
-from .margins import Target, margin_of_raw
+from .margins import ExactVotes, Target, margin_of_raw, shifted
 from .milp import DEFAULT_NODES, MilpSolver
 from .points import DEFAULT_SAFETY_SECONDS, PointOutcome, check_budget, ensemble_of, run_points, shared
 
 DEFAULT_QUERY_STEPS = 20000  # Veritas expansions per box query
 DEFAULT_BAND_CHECKS = 32  # band leaf combinations resolved per query (each one model predict)
 
-# forests whose predict is the argmax (ties to the first class) of the float64 sum of per-tree class
-# fractions divided by the number of trees (scikit-learn's RandomForest/ExtraTrees/DecisionTree)
-_VOTE_SOURCES = ("sklearn.RandomForestClassifier", "sklearn.ExtraTreesClassifier", "sklearn.DecisionTreeClassifier")
-_VOTE_LIMIT = 2.0 ** 20  # integer class sums below this stay exact and distinct through float32/float64 sums and / T
-
-
-class _ExactVotes:
-    """Leaf combinations of integer-valued leaves (a forest's pure leaves), decided exactly without a predict.
-
-    scikit-learn's forests add the per-tree class fractions in float64 (in any order with several
-    jobs), divide by the number of trees T and take the argmax, ties going to the first class. A
-    pure leaf's fractions are exactly 0 and 1 (c/c and 0/c are exact). When every leaf of a
-    combination is integer-valued, every partial sum is a small integer, so the library's sums
-    are the exact sums whatever the order; dividing distinct integers below 2^20 by T keeps them
-    distinct and ordered, and equal sums stay equal. The library's decision is then the argmax of
-    the exact integer sums with ties to the lowest class, which is what `decide` computes. Any
-    combination with a fractional leaf is left to the margin band and the model's predict.
-    """
-
-    def __init__(self, ens: TreeEnsemble, flat: Any) -> None:
-        self.flat = flat
-        self.values = np.concatenate([t.value for t in ens.trees])  # per flat node, before the division by T
-        self.integer = np.all(self.values == np.round(self.values), axis=1)
-
-    @staticmethod
-    def applies(ens: TreeEnsemble) -> bool:
-        """The library arithmetic the exact rule is proved for (see the class docstring)."""
-        if ens.source not in _VOTE_SOURCES or (ens.meta or {}).get("library") != "scikit-learn":
-            return False
-        if ens.link != "identity" or ens.combine != "mean" or np.any(np.asarray(ens.bias, dtype=np.float64) != 0):
-            return False
-        top = sum(float(np.abs(t.value[t.is_leaf]).max()) for t in ens.trees if t.value.size)
-        return top < _VOTE_LIMIT
-
-    def leaf_integer(self, ens: TreeEnsemble) -> list[np.ndarray]:
-        """Per tree, per node: whether the node's values are all integers."""
-        out, at = [], 0
-        for t in ens.trees:
-            out.append(self.integer[at:at + t.n_nodes])
-            at += t.n_nodes
-        return out
-
-    def decide(self, xa: np.ndarray) -> int | None:
-        """The library's class at xa when all its leaves are integer-valued, else None."""
-        leaves = self.flat.leaves(xa)
-        if not self.integer[leaves].all():
-            return None
-        sums = self.values[leaves].sum(axis=0)  # exact: small integers
-        return int(np.argmax(sums))
-
-
 class _VeritasTarget:
     """A single-output Veritas AddTree computing one target margin M, built from our parsed trees.
 
-    With `shift` > 0 and `integer` (per tree, per node) the Veritas margin is M' = M + shift per
-    fractional leaf of the combination: combinations of integer leaves keep their exact M, so a
-    guard between 0 and shift leaves out the exact ties (which do not flip a strict target) while
-    every combination with a fractional leaf and M >= -delta still clears it (`VeritasLinf._search`).
+    With `votes` and `shift` > 0 the Veritas margin is the `shifted` one: M' = M + shift per
+    fractional leaf of the combination, searched from the guard shift - delta, which leaves out
+    the exact ties (they do not flip a target that is not tie_ok) and keeps everything else a
+    library could flip (see `margins.shifted`; found combinations are re-scored in `VeritasLinf._kind`).
     """
 
-    def __init__(self, ens: TreeEnsemble, target: Target, votes: _ExactVotes | None = None, shift: float = 0.0) -> None:
+    def __init__(self, ens: TreeEnsemble, target: Target, votes: ExactVotes | None = None, shift: float = 0.0) -> None:
         import veritas
 
         self.target = target
         self.votes = votes
-        integer = votes.leaf_integer(ens) if votes is not None and shift > 0 else None
-        self.shift = float(shift) if integer is not None else 0.0
+        self.shift = float(shift) if votes is not None else 0.0
+        model_target = shifted(target, votes.leaf_integer(ens), self.shift) if votes is not None and self.shift > 0 else target
         at = veritas.AddTree(1, veritas.AddTreeType.REGR)
         dt = ens.dtype  # Veritas stores float64 split values: float32 and float64 thresholds are both exact
-        c0 = target.c0
-        for i, (t, w) in enumerate(zip(ens.trees, target.w, strict=True)):
-            if self.shift and integer is not None:
-                w = np.where(integer[i], w, w + self.shift)
+        c0 = model_target.c0
+        for t, w in zip(ens.trees, model_target.w, strict=True):
             lv = w[t.is_leaf]
-            mixed = self.shift > 0 and integer is not None and len(set(integer[i][t.is_leaf].tolist())) > 1
-            if t.left[0] < 0 or (np.all(lv == lv[0]) and not mixed):
+            if t.left[0] < 0 or np.all(lv == lv[0]):
                 c0 += float(lv[0])
                 continue
             vt = at.add_tree()
@@ -365,7 +311,7 @@ class VeritasLinf(MinimalAttack):
     adversarial as found; one inside the band is decoded to its closest point and checked with the
     model's own predict: a flip lowers the radius, a non-flip is resolved (every input with the same
     leaves gets the same library output) and the enumeration goes on. On scikit-learn forests,
-    combinations of pure leaves are decided exactly (`_ExactVotes`) and, for a class that a tie does
+    combinations of pure leaves are decided exactly (`ExactVotes`) and, for a class that a tie does
     not flip, exact ties are shifted out of the search (`_VeritasTarget`), so tied votes are neither
     enumerated nor predicted.
 
@@ -443,7 +389,7 @@ class VeritasLinf(MinimalAttack):
         """
         ens = ensemble_of(model, self.name)
         milp_solver = MilpSolver(ens, model, norm, 1e-6, self.node_limit, time_limit=self.time_limit)
-        votes = shared(ens, "exact-votes", lambda: _ExactVotes(ens, milp_solver.flat) if _ExactVotes.applies(ens) else None)
+        votes = shared(ens, "exact-votes", lambda: ExactVotes(ens, milp_solver.flat) if ExactVotes.applies(ens) else None)
         vts: dict[tuple[int, int, bool], _VeritasTarget] = shared(ens, "veritas-targets", dict)
 
         def vt_of(t: Target, careful: bool = False) -> _VeritasTarget:
@@ -571,7 +517,7 @@ class VeritasLinf(MinimalAttack):
     def _kind(vt: _VeritasTarget, xa: np.ndarray, output: float, y: int, sure: float) -> str:
         """What a combination found at point xa is: "flip", "noflip" (both decided exactly), "band" (to predict) or "skip".
 
-        Integer-leaf combinations are decided by `_ExactVotes`; otherwise the margin is Veritas'
+        Integer-leaf combinations are decided by `ExactVotes`; otherwise the margin is Veritas'
         output, or on a shifted model (`_VeritasTarget.shift`) the margin recomputed at xa: above
         `sure` (delta) no library computes a margin <= 0 from those leaves, below -delta none
         computes one >= 0 (such a combination only cleared the shifted guard), in between the
