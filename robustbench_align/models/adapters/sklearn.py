@@ -30,15 +30,27 @@ def _label_indices(classes: np.ndarray, labels: Any, who: str) -> np.ndarray:
     return out
 
 
+_CONTROLLER: Any = None
+
+
+def _openmp_controller() -> Any:
+    """One threadpoolctl controller for the process: `threadpool_limits` rescans the loaded libraries on every
+    call (milliseconds, more than a small predict itself); the libraries an estimator uses are loaded once it exists."""
+    global _CONTROLLER
+    if _CONTROLLER is None:
+        from threadpoolctl import ThreadpoolController
+
+        _CONTROLLER = ThreadpoolController()
+    return _CONTROLLER
+
+
 def call_sklearn(method: Any, X: np.ndarray, name: str, *, who: str = "the library", hint: str = "", openmp: bool = False) -> Any:
     """method(X) without scikit-learn's feature-name warning, its ValueError as a one-line ModelError
     ("<name>: <who> refused the input (<reason>)<hint>"). openmp=True pins OpenMP to one thread around the call:
     OpenMP predictors (HistGradientBoosting) spin-wait on an oversubscribed machine, one thread is far faster there."""
     try:
         if openmp:
-            from threadpoolctl import threadpool_limits
-
-            with threadpool_limits(1, user_api="openmp"):
+            with _openmp_controller().limit(limits=1, user_api="openmp"):
                 return quiet(method, X)
         return quiet(method, X)
     except ValueError as exc:  # e.g. finite float64 values beyond float32 range
