@@ -171,11 +171,13 @@ class ExactVotes:
 def shifted(target: Target, integer: list[np.ndarray], shift: float) -> Target:
     """The target with `shift` added to every fractional leaf (integer: per tree, per node, from `ExactVotes.leaf_integer`).
 
-    Its margin is M' = M + shift * (fractional leaves of the combination). With delta < shift <
-    2 delta, asking M' >= shift - delta leaves out exactly the integer-leaf combinations with
-    M = 0 (exact ties, which do not flip a target that is not `tie_ok`, see `ExactVotes`), and keeps
-    every other combination a library could flip: integer ones with M >= 1/T and fractional ones
-    with M >= -delta (floating-point sums of M' are within the band's own allowance of it).
+    Its margin is M' = M + shift * (fractional leaves of the combination). With delta < shift and
+    shift - delta < 1/T (the step of integer vote margins), asking M' >= shift - delta leaves out
+    exactly the integer-leaf combinations with M = 0 (exact ties, which do not flip a target that is
+    not `tie_ok`, see `ExactVotes`), and keeps every other combination a library could flip: integer
+    ones with M >= 1/T and fractional ones with M >= -delta (M' >= M + shift). Veritas sums M' in
+    float64 (shift 1.5 delta leaves room for that); a MILP solver's feasibility tolerance needs a
+    shift well above it (`MilpSolver.certifying`).
     """
     w = [np.where(m, wt, wt + shift) for wt, m in zip(target.w, integer, strict=True)]
     return dataclasses.replace(target, w=w)

@@ -396,7 +396,14 @@ class MilpSolver:
         ties are not candidates, so they are neither found, predicted and cut one by one nor left to
         weaken the certificate.
         """
-        return 1.5 * t.delta if self.integer is not None and not t.tie_ok else 0.0
+        if self.integer is None or t.tie_ok:
+            return 0.0
+        # HiGHS accepts a row violated by its feasibility tolerance (1e-9), so a shift of the band's size (about
+        # 1e-14) would not keep the ties out: any shift between delta and the vote step 1/T works (`shifted`), so
+        # take one far above the tolerance and far below the step
+        step = 1.0 / len(self.ens.trees)  # integer vote sums: integer-leaf margins move in steps of 1/T
+        shift = min(max(1.5 * t.delta, 1e-6 * t.scale), 0.25 * step)
+        return shift if shift > 1.5 * t.delta - 1e-300 and shift - t.delta < step else 0.0
 
     def floor(self, x: np.ndarray) -> float:
         """A trivial certified bound: any flip moves at least one feature across a threshold."""
