@@ -218,3 +218,13 @@ def test_shifted_certificates_equal_brute_force_on_a_tie_forest(norm):
             assert res.lower_bound[i] <= bf * (1 + 1e-9)
             if att.name == "veritas" or norm != "linf":  # the exact path of each norm certifies, not just bounds
                 assert res.lower_bound[i] >= bf * (1 - 1e-6), (att.name, i)
+
+
+def test_milp_certification_skips_ties_despite_solver_tolerance():
+    """The MILP's shifted margin keeps exact ties out although HiGHS accepts rows violated by 1e-9: no tie is found and cut."""
+    model, X, y = pure_forest(6, seed=3)
+    Xt, yt = X[::9][:15], y[::9][:15]
+    res = KantchelianMILP().run(model, Xt, yt, "l2")
+    ok = model.predict(Xt) == yt
+    assert res.flags["guard_retries"] == 0
+    assert np.all(res.is_exact()[ok])
