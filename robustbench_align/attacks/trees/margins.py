@@ -140,6 +140,8 @@ class ExactVotes:
         self.flat = flat
         self.values = np.concatenate([t.value for t in ens.trees])  # per flat node, before the division by T
         self.integer = np.all(self.values == np.round(self.values), axis=1)
+        ends = np.cumsum([t.n_nodes for t in ens.trees])
+        self.per_tree: list[np.ndarray] = np.split(self.integer, ends[:-1])  # the same mask per tree, per node (`shifted`)
 
     @staticmethod
     def applies(ens: TreeEnsemble) -> bool:
@@ -151,14 +153,6 @@ class ExactVotes:
         top = sum(float(np.abs(t.value[t.is_leaf]).max()) for t in ens.trees if t.value.size)
         return top < _VOTE_LIMIT
 
-    def leaf_integer(self, ens: TreeEnsemble) -> list[np.ndarray]:
-        """Per tree, per node: whether the node's values are all integers."""
-        out, at = [], 0
-        for t in ens.trees:
-            out.append(self.integer[at:at + t.n_nodes])
-            at += t.n_nodes
-        return out
-
     def decide(self, xa: np.ndarray) -> int | None:
         """The library's class at xa when all its leaves are integer-valued, else None."""
         leaves = self.flat.leaves(xa)
@@ -169,7 +163,7 @@ class ExactVotes:
 
 
 def shifted(target: Target, integer: list[np.ndarray], shift: float) -> Target:
-    """The target with `shift` added to every fractional leaf (integer: per tree, per node, from `ExactVotes.leaf_integer`).
+    """The target with `shift` added to every fractional leaf (integer: per tree, per node, `ExactVotes.per_tree`).
 
     Its margin is M' = M + shift * (fractional leaves of the combination). With delta < shift and
     shift - delta < 1/T (the step of integer vote margins), asking M' >= shift - delta leaves out

@@ -369,8 +369,8 @@ class MilpSolver:
         self.flat = shared(ens, "flat", lambda: FlatEnsemble(ens))
         self._targets: dict[int, list[Target]] = shared(ens, "targets", dict)
         self._structs: dict[tuple[int, int, float], MilpStructure] = shared(ens, "milp-structures", dict)
-        votes = shared(ens, "exact-votes", lambda: ExactVotes(ens, self.flat) if ExactVotes.applies(ens) else None)
-        self.integer = shared(ens, "integer-leaves", lambda: votes.leaf_integer(ens) if votes is not None else None)
+        # pure-leaf combinations decided exactly (scikit-learn forests only; None elsewhere)
+        self.votes: ExactVotes | None = shared(ens, "exact-votes", lambda: ExactVotes(ens, self.flat) if ExactVotes.applies(ens) else None)
 
     def targets(self, y: int) -> list[Target]:
         """The target margins of class y (cached)."""
@@ -385,7 +385,8 @@ class MilpSolver:
         """
         key = (t.k, t.y, shift)
         if key not in self._structs:
-            self._structs[key] = MilpStructure(self.ens, shifted(t, self.integer, shift) if shift > 0 and self.integer is not None else t, deadline)
+            target = shifted(t, self.votes.per_tree, shift) if shift > 0 and self.votes is not None else t
+            self._structs[key] = MilpStructure(self.ens, target, deadline)
         return self._structs[key]
 
     def certifying(self, t: Target) -> float:
@@ -396,14 +397,14 @@ class MilpSolver:
         ties are not candidates, so they are neither found, predicted and cut one by one nor left to
         weaken the certificate.
         """
-        if self.integer is None or t.tie_ok:
+        if self.votes is None or t.tie_ok:
             return 0.0
         # HiGHS accepts a row violated by its feasibility tolerance (1e-9), so a shift of the band's size (about
         # 1e-14) would not keep the ties out: any shift between delta and the vote step 1/T works (`shifted`), so
         # take one far above the tolerance and far below the step
         step = 1.0 / len(self.ens.trees)  # integer vote sums: integer-leaf margins move in steps of 1/T
         shift = min(max(1.5 * t.delta, 1e-6 * t.scale), 0.25 * step)
-        return shift if shift > 1.5 * t.delta - 1e-300 and shift - t.delta < step else 0.0
+        return shift if shift >= 1.5 * t.delta else 0.0  # none fits between the band and the step: no shift
 
     def floor(self, x: np.ndarray) -> float:
         """A trivial certified bound: any flip moves at least one feature across a threshold."""

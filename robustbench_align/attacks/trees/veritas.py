@@ -28,6 +28,7 @@ from .points import DEFAULT_SAFETY_SECONDS, PointOutcome, check_budget, ensemble
 DEFAULT_QUERY_STEPS = 20000  # Veritas expansions per box query
 DEFAULT_BAND_CHECKS = 32  # band leaf combinations resolved per query (each one model predict)
 
+
 class _VeritasTarget:
     """A single-output Veritas AddTree computing one target margin M, built from our parsed trees.
 
@@ -43,7 +44,7 @@ class _VeritasTarget:
         self.target = target
         self.votes = votes
         self.shift = float(shift) if votes is not None else 0.0
-        model_target = shifted(target, votes.leaf_integer(ens), self.shift) if votes is not None and self.shift > 0 else target
+        model_target = shifted(target, votes.per_tree, self.shift) if votes is not None and self.shift > 0 else target
         at = veritas.AddTree(1, veritas.AddTreeType.REGR)
         dt = ens.dtype  # Veritas stores float64 split values: float32 and float64 thresholds are both exact
         c0 = model_target.c0
@@ -389,7 +390,7 @@ class VeritasLinf(MinimalAttack):
         """
         ens = ensemble_of(model, self.name)
         milp_solver = MilpSolver(ens, model, norm, 1e-6, self.node_limit, time_limit=self.time_limit)
-        votes = shared(ens, "exact-votes", lambda: ExactVotes(ens, milp_solver.flat) if ExactVotes.applies(ens) else None)
+        votes = milp_solver.votes
         vts: dict[tuple[int, int, bool], _VeritasTarget] = shared(ens, "veritas-targets", dict)
 
         def vt_of(t: Target, careful: bool = False) -> _VeritasTarget:
