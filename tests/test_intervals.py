@@ -1,4 +1,6 @@
 """Leaderboard uncertainty: bootstrap coverage, exact binomial fallback, paired tests, Holm/BH, rank groups."""
+import warnings
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -11,6 +13,7 @@ from robustbench_align.metrics.intervals import (
     percentile_interval,
     rank_groups,
     sign_flip_p,
+    stratified_blocks,
     stratified_indices,
 )
 from robustbench_align.reports.tables import cell_intervals, leaderboard_from_frames, overall_ranking
@@ -166,3 +169,56 @@ def test_bad_inference_settings_are_one_line_errors(kw):
     with pytest.raises(ConfigError) as err:
         leaderboard_from_frames(runs, pts, **kw)
     assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("strata", [None, np.array(["b", "a", "b", "c", "a", "b", "c"] * 9)])
+def test_stratified_blocks_are_the_rows_of_one_draw(strata):
+    """Any block size gives the indices of one stratified_indices call, and leaves the generator where it does."""
+    n = 63
+    full_rng = np.random.default_rng(3)
+    full = stratified_indices(strata, n, 250, full_rng)
+    for block in (1, 7, 64, 250, None):
+        rng = np.random.default_rng(3)
+        parts = list(stratified_blocks(strata, n, 250, rng, block=block))
+        assert [s for s, _ in parts] == list(range(0, 250, block or 250))
+        np.testing.assert_array_equal(np.concatenate([b for _, b in parts]), full)
+    rng = np.random.default_rng(3)
+    list(stratified_blocks(strata, n, 250, rng, block=7))
+    after = np.random.default_rng(3)
+    stratified_indices(strata, n, 250, after)
+    assert rng.random() == after.random()
+
+
+def test_bootstrap_means_equal_averaging_the_resampled_values():
+    """0/1 columns with missing entries, three strata: the same replicates as nanmean over each resample, then over strata."""
+    rng = np.random.default_rng(4)
+    n, k = 90, 5
+    v = (rng.random((n, k)) < 0.35).astype(float)
+    v[rng.random((n, k)) < 0.1] = np.nan
+    strata = np.repeat(["s0", "s1", "s2"], 30)
+    idx = stratified_indices(strata, n, 400, np.random.default_rng(9))
+    groups = [np.flatnonzero(strata == s) for s in ("s0", "s1", "s2")]
+    ref_lo, ref_hi = np.empty(k), np.empty(k)
+    for j in range(k):
+        with np.errstate(invalid="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            per = np.stack([np.nanmean(v[:, j][idx[:, g]], axis=1) for g in groups], axis=1)
+            ref_lo[j], ref_hi[j] = percentile_interval(np.nanmean(per, axis=1))
+    lo, hi = bootstrap_means(v, strata=strata, n_boot=400, seed=9)
+    np.testing.assert_array_equal(lo, ref_lo)
+    np.testing.assert_array_equal(hi, ref_hi)
+
+
+def test_bootstrap_means_memory_is_one_block_not_all_replicates():
+    """50,000 points x 1,000 replicates: all indices at once would be 400 MB; the blocked draw stays far below."""
+    import tracemalloc
+
+    x = (np.random.default_rng(0).random(50_000) < 0.5).astype(float)
+    tracemalloc.start()
+    try:
+        lo, hi = bootstrap_means(x, strata=np.repeat([0, 1], 25_000), n_boot=1000)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert lo[0] < x.mean() < hi[0]
+    assert peak < 40e6, peak

@@ -319,6 +319,9 @@ def test_robust_curves_band_is_a_stratified_bootstrap():
     lo2, hi2 = bootstrap_means(ind, strata=seeds.astype(str), n_boot=1000, confidence=0.95, seed=0)
     np.testing.assert_allclose(lo, lo2)
     np.testing.assert_allclose(hi, hi2)
+    lo3, hi3 = robust_band(ind > 0.5, seeds.astype(str))  # bool indicators (bit-packed columns): the same band
+    np.testing.assert_array_equal(lo3, lo)
+    np.testing.assert_array_equal(hi3, hi)
     emp = ind.mean(axis=0)
     assert np.all(lo <= emp + 1e-12) and np.all(emp <= hi + 1e-12) and np.any(hi > lo)
     pts = pd.DataFrame({"dataset": "d", "threat": "linf", "norm": "linf", "model": np.repeat(["a", "b"], 30), "seed": seeds[:60],

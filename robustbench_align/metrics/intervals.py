@@ -17,8 +17,9 @@ Replicates are computed as matrix operations over blocks of replicates. Determin
 """
 from __future__ import annotations
 
+import copy
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -43,24 +44,65 @@ def _check_confidence(confidence: float) -> float:
     return c
 
 
+_BLOCK_ENTRIES = 1 << 19  # resampled indices per block of replicates (4 MB of int64)
+
+
 def stratified_indices(strata: Sequence[object] | np.ndarray | None, n: int, n_boot: int, rng: np.random.Generator) -> np.ndarray:
     """(n_boot, n) bootstrap index matrix: row b resamples, within every stratum, as many points as it has.
 
     `strata` is one label per point (None: one stratum). Column order follows the points, so
-    column j of a replicate always holds a point of point j's stratum.
+    column j of a replicate always holds a point of point j's stratum. Every replicate of one
+    stratum is drawn before the next stratum's; `stratified_blocks` gives the same rows block by block.
     """
     if n_boot < 1:
         raise ConfigError(f"n_boot must be >= 1, got {n_boot!r}")
     if strata is None:
         return rng.integers(0, n, size=(n_boot, n))
+    out = np.empty((n_boot, n), dtype=np.int64)
+    for members in _groups(strata, n):
+        out[:, members] = members[rng.integers(0, members.size, size=(n_boot, members.size))]
+    return out
+
+
+def _groups(strata: Sequence[object] | np.ndarray, n: int) -> list[np.ndarray]:
+    """The point numbers of each stratum, strata in sorted label order."""
     labels = np.asarray(strata)
     if labels.shape[0] != n:
         raise ConfigError(f"strata has {labels.shape[0]} labels for {n} points; give one label per point")
-    out = np.empty((n_boot, n), dtype=np.int64)
-    for lab in np.unique(labels):
-        members = np.flatnonzero(labels == lab)
-        out[:, members] = members[rng.integers(0, members.size, size=(n_boot, members.size))]
-    return out
+    return [np.flatnonzero(labels == lab) for lab in np.unique(labels)]
+
+
+def stratified_blocks(strata: Sequence[object] | np.ndarray | None, n: int, n_boot: int, rng: np.random.Generator,
+                      block: int | None = None) -> Iterator[tuple[int, np.ndarray]]:
+    """The rows of `stratified_indices(strata, n, n_boot, rng)` in blocks: (first row, (rows, n) indices) pairs.
+
+    The same indices as the one call from the same rng state, whatever the block size (numpy draws
+    bounded int64 integers one 64-bit draw at a time, so consecutive draws continue one stream), in
+    memory of one block: `block` replicates, default about _BLOCK_ENTRIES indices. Each stratum
+    draws from its own copy of the generator, started where the one call starts that stratum (found by
+    a first pass that draws and discards the earlier strata's replicates block by block); `rng` ends
+    where the one call leaves it.
+    """
+    if n_boot < 1:
+        raise ConfigError(f"n_boot must be >= 1, got {n_boot!r}")
+    step = max(1, int(block)) if block is not None else max(1, min(n_boot, _BLOCK_ENTRIES // max(n, 1)))
+    starts = range(0, n_boot, step)
+    if strata is None:
+        for s0 in starts:
+            yield s0, rng.integers(0, n, size=(min(step, n_boot - s0), n))
+        return
+    groups = _groups(strata, n)
+    gens: list[np.random.Generator] = []
+    for members in groups:
+        gens.append(copy.deepcopy(rng))
+        for s0 in starts:  # advance rng past this stratum's replicates: the next stratum starts there
+            rng.integers(0, members.size, size=(min(step, n_boot - s0), members.size))
+    for s0 in starts:
+        rows = min(step, n_boot - s0)
+        out = np.empty((rows, n), dtype=np.int64)
+        for members, gen in zip(groups, gens, strict=True):
+            out[:, members] = members[gen.integers(0, members.size, size=(rows, members.size))]
+        yield s0, out
 
 
 def percentile_interval(reps: np.ndarray, confidence: float = DEFAULT_CONFIDENCE) -> tuple[float, float]:
@@ -98,11 +140,9 @@ def bootstrap_stat(stat: Callable[[np.ndarray], np.ndarray], n: int, *, strata: 
     (n_boot,) replicates; `percentile_interval` turns them into an interval.
     """
     _check_confidence(confidence)
-    rng = np.random.default_rng(seed)
-    idx = stratified_indices(strata, n, n_boot, rng)
     out = np.empty(n_boot)
-    for s in range(0, n_boot, block):
-        out[s : s + block] = stat(idx[s : s + block])
+    for s, idx in stratified_blocks(strata, n, n_boot, np.random.default_rng(seed), block=block):
+        out[s : s + idx.shape[0]] = stat(idx)
     return out
 
 
@@ -111,7 +151,10 @@ def bootstrap_means(values: np.ndarray, *, strata: Sequence[object] | np.ndarray
     """Percentile intervals (lo, hi) of the column means of values (n, k), points resampled within strata.
 
     With several strata the statistic is the mean of the per-stratum means (each seed counts
-    once, as the leaderboard averages seeds). NaN entries are ignored in the means.
+    once, as the leaderboard averages seeds). NaN entries are ignored in the means. Replicates are
+    drawn in blocks (`stratified_blocks`: memory of one block); each block becomes per-point draw
+    counts and its means one matrix product. For 0/1 values the sums are exact integers, the same
+    means as averaging the resampled values one by one; for other values they can differ from that in the last bits.
     """
     v = np.asarray(values, dtype=np.float64)
     if v.ndim == 1:
@@ -119,16 +162,16 @@ def bootstrap_means(values: np.ndarray, *, strata: Sequence[object] | np.ndarray
     n, k = v.shape
     if n == 0:
         return np.full(k, np.nan), np.full(k, np.nan)
-    labels = np.zeros(n, dtype=np.int64) if strata is None else np.unique(np.asarray(strata), return_inverse=True)[1].reshape(-1)
-    rng = np.random.default_rng(seed)
-    idx = stratified_indices(labels, n, n_boot, rng)
+    groups = [np.arange(n)] if strata is None else _groups(strata, n)
+    present = (~np.isnan(v)).astype(np.float64)
+    filled = np.where(present > 0, v, 0.0)
     reps = np.empty((n_boot, k))
-    groups = [np.flatnonzero(labels == g) for g in np.unique(labels)]
-    with np.errstate(invalid="ignore"):
-        for j in range(k):
-            col = v[:, j]
-            per = [np.nanmean(col[idx[:, g]], axis=1) if g.size else np.full(n_boot, np.nan) for g in groups]
-            reps[:, j] = np.nanmean(np.stack(per, axis=1), axis=1) if len(per) > 1 else per[0]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        for s0, idx in stratified_blocks(strata, n, n_boot, np.random.default_rng(seed)):
+            rows = idx.shape[0]
+            counts = np.bincount((np.arange(rows)[:, None] * n + idx).ravel(), minlength=rows * n).reshape(rows, n).astype(np.float64)
+            per = [(counts[:, g] @ filled[g]) / (counts[:, g] @ present[g]) for g in groups]
+            reps[s0:s0 + rows] = np.nanmean(np.stack(per), axis=0) if len(per) > 1 else per[0]
     lo = np.empty(k)
     hi = np.empty(k)
     for j in range(k):
@@ -229,4 +272,4 @@ def rank_groups(models: Sequence[str], per_point: np.ndarray, *, alpha: float = 
 
 
 __all__ = ["ALPHA", "DEFAULT_BOOT", "DEFAULT_CONFIDENCE", "RankGroups", "adjust_p", "bootstrap_means", "bootstrap_stat",
-           "clopper_pearson", "percentile_interval", "rank_groups", "sign_flip_p", "stratified_indices"]
+           "clopper_pearson", "percentile_interval", "rank_groups", "sign_flip_p", "stratified_blocks", "stratified_indices"]

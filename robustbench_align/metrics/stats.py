@@ -38,7 +38,7 @@ from .intervals import PAdjust, adjust_p
 log = logging.getLogger(__name__)
 
 Alternative = Literal["two-sided", "greater", "less"]
-_BLOCK_ELEMS = 1 << 21  # replicate-matrix entries per block
+_BLOCK_ELEMS = 1 << 19  # replicate-matrix entries per block (4 MB of float64)
 _P_TOL = 1e-12  # float slack when comparing a replicate statistic with the observed one
 DEFAULT_AGGREGATE = ("model", "dataset")
 DEFAULT_STRATA = ("model", "dataset")  # correlate's strata when the frame has both columns

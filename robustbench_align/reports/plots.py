@@ -93,11 +93,16 @@ def robust_band(indicators: np.ndarray, strata: np.ndarray | None = None, n_boot
     """
     from ..metrics.intervals import bootstrap_means
 
-    ind = np.asarray(indicators, dtype=np.float64)
+    ind = np.asarray(indicators)
     if ind.ndim != 2 or ind.shape[0] == 0 or ind.shape[1] == 0:
         k = ind.shape[1] if ind.ndim == 2 else 0
         return np.full(k, np.nan), np.full(k, np.nan)
-    patterns, inverse = np.unique(ind, axis=1, return_inverse=True)
+    flags = ind if ind.dtype == bool else ind != 0
+    if ind.dtype == bool or np.array_equal(flags, ind):  # 0/1: compare the columns bit-packed, 8 points a byte
+        _, first, inverse = np.unique(np.packbits(flags, axis=0).T, axis=0, return_index=True, return_inverse=True)
+        patterns = flags[:, first].astype(np.float64)
+    else:
+        patterns, inverse = np.unique(ind.astype(np.float64), axis=1, return_inverse=True)
     lo, hi = bootstrap_means(patterns, strata=strata, n_boot=n_boot, confidence=confidence, seed=0)
     inverse = np.asarray(inverse).reshape(-1)
     return lo[inverse], hi[inverse]
@@ -131,8 +136,8 @@ def robust_bracket_curves(points: pd.DataFrame, dataset: str, threat: str, path:
         if radius_grid is not None:
             grid = radius_grid
             r = pd.to_numeric(g["radius"], errors="coerce").fillna(0).to_numpy()
-            ind = (r[:, None] > grid[None, :]).astype(float)
-            emp = ind.mean(axis=0)
+            ind = r[:, None] > grid[None, :]  # bool: robust_band packs it
+            emp = np.count_nonzero(ind, axis=0) / ind.shape[0]
             (line,) = ax.plot(grid, emp, label=_label(model), lw=1.5)
             draw = {"lw": 1.5}
         else:

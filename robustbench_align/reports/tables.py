@@ -242,7 +242,7 @@ def per_run(runs: pd.DataFrame, points: pd.DataFrame) -> pd.DataFrame:
 # ----------------------------------------------------------------------------------------
 # Intervals and significance-aware ranks
 # ----------------------------------------------------------------------------------------
-_BOOT_BLOCK = 1 << 21  # resampled point indices per block of bootstrap replicates (16 MB of int64)
+_BOOT_BLOCK = 1 << 19  # resampled point indices per block of bootstrap replicates (4 MB of int64)
 
 
 def cell_intervals(run_points: list[pd.DataFrame] | list[dict[str, Any]], keys: list[str], *, n_boot: int = DEFAULT_BOOT,
