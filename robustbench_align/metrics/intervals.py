@@ -54,14 +54,7 @@ def stratified_indices(strata: Sequence[object] | np.ndarray | None, n: int, n_b
     column j of a replicate always holds a point of point j's stratum. Every replicate of one
     stratum is drawn before the next stratum's; `stratified_blocks` gives the same rows block by block.
     """
-    if n_boot < 1:
-        raise ConfigError(f"n_boot must be >= 1, got {n_boot!r}")
-    if strata is None:
-        return rng.integers(0, n, size=(n_boot, n))
-    out = np.empty((n_boot, n), dtype=np.int64)
-    for members in _groups(strata, n):
-        out[:, members] = members[rng.integers(0, members.size, size=(n_boot, members.size))]
-    return out
+    return next(stratified_blocks(strata, n, n_boot, rng, block=n_boot))[1]
 
 
 def _groups(strata: Sequence[object] | np.ndarray, n: int) -> list[np.ndarray]:
@@ -81,7 +74,7 @@ def stratified_blocks(strata: Sequence[object] | np.ndarray | None, n: int, n_bo
     memory of one block: `block` replicates, default about _BLOCK_ENTRIES indices. Each stratum
     draws from its own copy of the generator, started where the one call starts that stratum (found by
     a first pass that draws and discards the earlier strata's replicates block by block); `rng` ends
-    where the one call leaves it.
+    where the one call leaves it. A single block is drawn straight from `rng` (that is `stratified_indices`).
     """
     if n_boot < 1:
         raise ConfigError(f"n_boot must be >= 1, got {n_boot!r}")
@@ -92,6 +85,12 @@ def stratified_blocks(strata: Sequence[object] | np.ndarray | None, n: int, n_bo
             yield s0, rng.integers(0, n, size=(min(step, n_boot - s0), n))
         return
     groups = _groups(strata, n)
+    if len(starts) == 1:  # one block: every stratum's replicates straight from rng, in turn
+        out = np.empty((n_boot, n), dtype=np.int64)
+        for members in groups:
+            out[:, members] = members[rng.integers(0, members.size, size=(n_boot, members.size))]
+        yield 0, out
+        return
     gens: list[np.random.Generator] = []
     for members in groups:
         gens.append(copy.deepcopy(rng))
