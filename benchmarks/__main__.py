@@ -1,6 +1,6 @@
 """Run every benchmark and write benchmarks/RESULTS.md: one table of ratios against their targets.
 
-  python -m benchmarks [--quick | --full] [--only rfm metrics attacks plan adapters certify streaming trees forests]
+  python -m benchmarks [--quick | --full] [--only rfm metrics attacks plan adapters certify streaming trees forests dask]
 
 Sections: RFM fit vs xRFM (benchmarks.rfm), batched metrics vs the per-point loop (benchmarks.metrics),
 attacks vs AutoAttack / Foolbox / torchattacks / Veritas (benchmarks.attacks), and the plan's wall
@@ -9,7 +9,8 @@ black-box HopSkipJump path (benchmarks.adapters), and each certifier's speed and
 the attack radius, with its soundness check (benchmarks.certify), and chunked `rba evaluate` on up to
 20,000 test points: points per second, growth exponent and peak memory (benchmarks.streaming), the exact linf tree attack
 per point against a direct Veritas search for every tree family (benchmarks.trees_exact), and the exact l2/l1 forest
-MILP against its formulation before the reachability restriction (benchmarks.forest_milp). rfm and metrics run in their own
+MILP against its formulation before the reachability restriction (benchmarks.forest_milp), and one plan's throughput
+through a `dask scheduler` with 1 and 2 `dask worker` processes (benchmarks.dask_cluster). rfm and metrics run in their own
 processes (their tables go to a temporary file, not to benchmarks/results/); the others run in this process. The
 1-minute load average is sampled every 5 s, since the timings are only meaningful beside it.
 """
@@ -33,7 +34,7 @@ from benchmarks import machine_info
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 RESULTS = HERE / "RESULTS.md"
-SECTIONS = ("rfm", "metrics", "attacks", "plan", "adapters", "certify", "streaming", "trees", "forests")
+SECTIONS = ("rfm", "metrics", "attacks", "plan", "adapters", "certify", "streaming", "trees", "forests", "dask")
 TREES_TARGET = 1.5  # exact linf per point, ours / a direct Veritas search
 FORESTS_TARGET = 5.0  # exact l2/l1 forest MILP speed-up over the formulation before
 CERTIFIED_TARGET = 0.95  # certified share of the forest points
@@ -157,6 +158,12 @@ def bench_forests(mode: str, tmp: Path) -> dict[str, Any]:
     return forest_milp.run(None, 10 if mode == "full" else 3, None, command=f"python -m benchmarks{' --full' if mode == 'full' else ''}")
 
 
+def bench_dask(mode: str, tmp: Path) -> dict[str, Any]:
+    from benchmarks import dask_cluster
+
+    return dask_cluster.measure(quick=mode == "quick")
+
+
 def verdict(ok: bool | None) -> str:
     return "—" if ok is None else ("pass" if ok else "**miss**")
 
@@ -253,6 +260,16 @@ def summary_rows(res: dict[str, Any]) -> list[tuple[str, str, str, str]]:
         if n:
             rows.append(("certified share of the registry rf points above (default work budgets)", f"{ex}/{n} = {ex / n:.0%}",
                          f">= {CERTIFIED_TARGET:.0%}", verdict(ex / n >= CERTIFIED_TARGET)))
+    dk = res.get("dask")
+    if isinstance(dk, dict):
+        by = {(r["kind"], r["workers"]): r for r in dk["rows"]}
+        one, two = by.get(("dask scheduler", 1)), by.get(("dask scheduler", 2))
+        if one and two:
+            same = all(r["same_rows"] for r in dk["rows"])
+            rows.append((f"Dask throughput, 2 worker processes / 1 ({dk['jobs']} cells)",
+                         f"{one['wall'] / two['wall']:.2f}x ({one['cells_per_min']:.1f} -> {two['cells_per_min']:.1f} cells/min); "
+                         f"rows identical to the local run: {'yes' if same else 'NO'}", "reported (at most 2x on 2 cores), same rows",
+                         verdict(same)))
     for name in SECTIONS:
         if isinstance(res.get(name), str):
             rows.append((f"{name} benchmark", "failed: " + res[name].splitlines()[-1][:200], "", "**error**"))
@@ -310,7 +327,7 @@ def main(argv: list[str] | None = None) -> None:
     info = machine_info()
     runners: dict[str, Callable[[str, Path], dict[str, Any]]] = {
         "rfm": bench_rfm, "metrics": bench_metrics, "attacks": bench_attacks, "plan": bench_plan, "adapters": bench_adapters,
-        "certify": bench_certify, "streaming": bench_streaming, "trees": bench_trees, "forests": bench_forests}
+        "certify": bench_certify, "streaming": bench_streaming, "trees": bench_trees, "forests": bench_forests, "dask": bench_dask}
     res: dict[str, Any] = {}
     loads: dict[str, tuple[float, float]] = {}
     seconds: dict[str, float] = {}

@@ -184,7 +184,7 @@ def markdown(res: dict[str, Any]) -> str:
          "Dask: `dask scheduler` and `dask worker --nworkers 1 --nthreads 1` processes on 127.0.0.1, started and warmed up "
          "(package imported) before the clock starts; `workers=1` runs in the driver process, the `workers=2` pool's time "
          "includes starting its processes.", "",
-         f"Machine: {m['cpu']}, {m['cores']} cores shared with other jobs (1-min load average {res['load_start'][0]:.1f} at start, "
+         f"Machine: {m['cpu']}, {m['cores']} cores (1-min load average {res['load_start'][0]:.1f} at start, "
          f"{res['load_end'][0]:.1f} at end); Python {m['python']}, torch {m['torch']}.", "",
          "| executor | workers | wall (s) | cells/min | points/s | speed-up vs workers=1 | failed runs | rows identical to workers=1 |",
          "|---|---|---:|---:|---:|---:|---:|---|"]
@@ -194,9 +194,9 @@ def markdown(res: dict[str, Any]) -> str:
     if res["load_start"][0] >= (m["cores"] or 1):
         L += ["", f"The load average was at or above the {m['cores']} cores when the runs started: other jobs already used "
               "the CPU, so a second process mostly competes with them and these figures show overhead more than scaling."]
-    L += ["", "With 2 cores shared by other jobs, a second worker process can give at most about 2x, and less when the "
-          "other jobs take CPU; per-cell overhead (task transfer, result transfer to the driver, the driver's store write) "
-          "is part of every Dask figure."]
+    L += ["", f"With {m['cores']} cores a second worker process can give at most about 2x, and less when other jobs take "
+          "CPU; per-cell overhead (task transfer, result transfer to the driver, the driver's store write) is part of every "
+          "Dask figure."]
     return "\n".join(L) + "\n"
 
 

@@ -112,7 +112,8 @@ def run(sizes: Sequence[int] = (1000, 5000, 20_000), threats: Sequence[str] = ("
     """Every (model, threat, n) run in one temporary directory; `l2_sizes` apply to threat l2;
     `plan_sizes`: the L-inf cells also through `run_plan` alone (the evaluation's memory without the reports)."""
     root = Path(tempfile.mkdtemp(prefix="rba-stream-"))
-    out: dict[str, Any] = {"load_start": machine_info()["loadavg"], "rows": [], "plan_rows": []}
+    info = machine_info()
+    out: dict[str, Any] = {"load_start": info["loadavg"], "cpu": info["cpu"], "cores": info["cores"], "rows": [], "plan_rows": []}
     try:
         data = write_csv(root / "data.csv")
         for threat in threats:
@@ -143,7 +144,8 @@ def markdown(res: dict[str, Any]) -> str:
     L = ["## Large test sets: chunked `rba evaluate` on a 50-feature CSV file", "",
          f"{ROWS:,} rows x {FEATURES} features (make_classification, seed 0), test_size {TEST_SIZE} (20,800 test points), "
          f"`--chunk {CHUNK}`, attack effort fast, certify auto; one `rba evaluate` process per row (wall includes the fit). "
-         f"Load average {res['load_start']} at the start, {res['load_end']} at the end.", "",
+         f"Machine: {res.get('cpu', '?')}, {res.get('cores', '?')} cores; 1-minute load average "
+         f"{res['load_start'][0]:.2f} at the start, {res['load_end'][0]:.2f} at the end.", "",
          "| model | threat | points | wall (s) | evaluation (s) | points/s (evaluation) | peak RSS (MB) | clean acc |",
          "|---|---|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
