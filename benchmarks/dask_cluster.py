@@ -29,7 +29,8 @@ from typing import Any
 
 from benchmarks import machine_info
 
-RESULTS = Path(__file__).resolve().parent / "results" / "dask.md"
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "benchmarks" / "results" / "dask.md"
 TIMING = ["fit_time", "eval_time", "created", "fit_cached"]
 
 
@@ -71,7 +72,10 @@ class LocalDaskCluster:
         self.procs: list[subprocess.Popen] = []
 
     def _spawn(self, name: str, args: list[str]) -> None:
-        env = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
+        # the repository root on the path: `client.run` sends functions of this module by reference, whichever
+        # way the benchmark was started (`python -m benchmarks.dask_cluster` sends them by value, `python -m benchmarks` does not)
+        path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
+        env = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1", "PYTHONPATH": path}
         log = (self.root / f"{name}.log").open("wb")
         self.procs.append(subprocess.Popen([dask_command(), *args], stdout=log, stderr=subprocess.STDOUT, env=env, cwd=self.root,
                                            start_new_session=True))
