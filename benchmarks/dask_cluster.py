@@ -94,12 +94,16 @@ class LocalDaskCluster:
                     self.__exit__()
                     raise RuntimeError("the dask scheduler did not start; see " + str(self.root / "scheduler.log")) from None
                 time.sleep(0.2)
-        for i in range(self.n_workers):
-            self._spawn(f"worker{i}", ["worker", self.address, "--nworkers", "1", "--nthreads", "1", "--no-dashboard",
-                                       "--name", f"w{i}", "--local-directory", str(self.root / f"w{i}")])
-        with Client(self.address, timeout=30, set_as_default=False) as client:
-            client.wait_for_workers(self.n_workers, timeout=120)
-            client.run(_warm_up)
+        try:  # __exit__ does not run when __enter__ raises: stop the processes here then
+            for i in range(self.n_workers):
+                self._spawn(f"worker{i}", ["worker", self.address, "--nworkers", "1", "--nthreads", "1", "--no-dashboard",
+                                           "--name", f"w{i}", "--local-directory", str(self.root / f"w{i}")])
+            with Client(self.address, timeout=30, set_as_default=False) as client:
+                client.wait_for_workers(self.n_workers, timeout=120)
+                client.run(_warm_up)
+        except BaseException:
+            self.__exit__()
+            raise
         return self
 
     def __exit__(self, *exc: Any) -> None:
