@@ -163,6 +163,11 @@ def _start_on_terminal(argv: list[str], err: Path) -> tuple[int, int]:
     pid, fd = pty.fork()
     if pid == 0:  # the child: never return into pytest
         try:
+            # start as a shell would start it: SIGINT/SIGTERM at their defaults and not blocked, whatever an earlier
+            # test (or a library it used) left in the pytest process; both survive exec and would hide the Ctrl-C
+            for s in (signal.SIGINT, signal.SIGTERM):
+                signal.signal(s, signal.SIG_DFL)
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
             os.dup2(err_fd, 2)
             os.execv(argv[0], argv)  # noqa: S606 - this interpreter running `-m robustbench_align.cli` with the test's arguments
         finally:
@@ -254,11 +259,16 @@ def test_interrupt_swallowed_by_a_c_callback_still_stops_the_run(monkeypatch, ca
     stored: list = []
     hook = sys.unraisablehook
     jobs = [SimpleNamespace(model="m", dataset="d", seed=s) for s in range(4)]
-    with pytest.raises(KeyboardInterrupt):
-        executors.execute(jobs, stored.append, workers=1, progress=False)
-    assert stored == [[0]]
-    assert "Traceback" not in capsys.readouterr().err
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler and sys.unraisablehook is hook
+    # Python's own SIGINT handler, as in an interactive session (a pytest started in the background inherits SIGINT ignored)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            executors.execute(jobs, stored.append, workers=1, progress=False)
+        assert stored == [[0]]
+        assert "Traceback" not in capsys.readouterr().err
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler and sys.unraisablehook is hook
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 # --- 3. no orphans -------------------------------------------------------------------------------------
