@@ -29,8 +29,9 @@ from typing import Any
 
 from benchmarks import machine_info
 
-ROOT = Path(__file__).resolve().parent.parent
-RESULTS = ROOT / "benchmarks" / "results" / "dask.md"
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+RESULTS = HERE / "results" / "dask.md"
 TIMING = ["fit_time", "eval_time", "created", "fit_cached"]
 
 

@@ -242,7 +242,7 @@ def test_interrupt_outside_a_run_is_one_line(restore_signals, monkeypatch, capsy
     assert capsys.readouterr().err.strip().splitlines() == ["rba: interrupted"]
 
 
-def test_interrupt_swallowed_by_a_c_callback_still_stops_the_run(monkeypatch, capsys):
+def test_interrupt_swallowed_by_a_c_callback_still_stops_the_run(monkeypatch, capsys, restore_signals):
     """A SIGINT whose KeyboardInterrupt is raised inside a ctypes callback (as in xgboost's data iterator) is only
     "ignored" by Python; the run stops after that job all the same, without storing it or printing a traceback."""
     import ctypes
@@ -260,15 +260,12 @@ def test_interrupt_swallowed_by_a_c_callback_still_stops_the_run(monkeypatch, ca
     hook = sys.unraisablehook
     jobs = [SimpleNamespace(model="m", dataset="d", seed=s) for s in range(4)]
     # Python's own SIGINT handler, as in an interactive session (a pytest started in the background inherits SIGINT ignored)
-    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
-    try:
-        with pytest.raises(KeyboardInterrupt):
-            executors.execute(jobs, stored.append, workers=1, progress=False)
-        assert stored == [[0]]
-        assert "Traceback" not in capsys.readouterr().err
-        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler and sys.unraisablehook is hook
-    finally:
-        signal.signal(signal.SIGINT, previous)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    with pytest.raises(KeyboardInterrupt):
+        executors.execute(jobs, stored.append, workers=1, progress=False)
+    assert stored == [[0]]
+    assert "Traceback" not in capsys.readouterr().err
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler and sys.unraisablehook is hook
 
 
 # --- 3. no orphans -------------------------------------------------------------------------------------
