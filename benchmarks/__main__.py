@@ -1,6 +1,6 @@
 """Run every benchmark and write benchmarks/RESULTS.md: one table of ratios against their targets.
 
-  python -m benchmarks [--quick | --full] [--only rfm metrics attacks plan adapters certify streaming trees forests dask]
+  python -m benchmarks [--quick | --full] [--only rfm metrics attacks plan adapters certify streaming trees forests backends dask]
 
 Sections: RFM fit vs xRFM (benchmarks.rfm), batched metrics vs the per-point loop (benchmarks.metrics),
 attacks vs AutoAttack / Foolbox / torchattacks / Veritas (benchmarks.attacks), and the plan's wall
@@ -9,7 +9,8 @@ black-box HopSkipJump path (benchmarks.adapters), and each certifier's speed and
 the attack radius, with its soundness check (benchmarks.certify), and chunked `rba evaluate` on up to
 20,000 test points: points per second, growth exponent and peak memory (benchmarks.streaming), the exact linf tree attack
 per point against a direct Veritas search for every tree family (benchmarks.trees_exact), and the exact l2/l1 forest
-MILP against its formulation before the reachability restriction (benchmarks.forest_milp), and one plan's throughput
+MILP against its formulation before the reachability restriction (benchmarks.forest_milp), the MILP backends (HiGHS and
+Gurobi) on the default plan's tree cells, point by point (benchmarks.milp_backends), and one plan's throughput
 through a `dask scheduler` with 1 and 2 `dask worker` processes (benchmarks.dask_cluster). rfm and metrics run in their own
 processes (their tables go to a temporary file, not to benchmarks/results/); the others run in this process. The
 1-minute load average is sampled every 5 s, since the timings are only meaningful beside it.
@@ -34,7 +35,7 @@ from benchmarks import machine_info
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 RESULTS = HERE / "RESULTS.md"
-SECTIONS = ("rfm", "metrics", "attacks", "plan", "adapters", "certify", "streaming", "trees", "forests", "dask")
+SECTIONS = ("rfm", "metrics", "attacks", "plan", "adapters", "certify", "streaming", "trees", "forests", "backends", "dask")
 TREES_TARGET = 1.5  # exact linf per point, ours / a direct Veritas search
 FORESTS_TARGET = 5.0  # exact l2/l1 forest MILP speed-up over the formulation before
 CERTIFIED_TARGET = 0.95  # certified share of the forest points
@@ -158,6 +159,16 @@ def bench_forests(mode: str, tmp: Path) -> dict[str, Any]:
     return forest_milp.run(None, 10 if mode == "full" else 3, None, command=f"python -m benchmarks{' --full' if mode == 'full' else ''}")
 
 
+def bench_backends(mode: str, tmp: Path) -> dict[str, Any]:
+    from benchmarks import milp_backends
+
+    if mode == "quick":
+        return milp_backends.run(("rf",), ("breast_cancer", "wine"), 10, str(tmp / "fits"), command="python -m benchmarks --quick")
+    if mode == "default":
+        return milp_backends.run(("rf",), points=20, cache=str(tmp / "fits"), command="python -m benchmarks")
+    return milp_backends.run(cache=str(tmp / "fits"), command="python -m benchmarks --full")
+
+
 def bench_dask(mode: str, tmp: Path) -> dict[str, Any]:
     from benchmarks import dask_cluster
 
@@ -253,13 +264,26 @@ def summary_rows(res: dict[str, Any]) -> list[tuple[str, str, str, str]]:
         for row in fo["rows"]:
             sp = row["old"] / max(row["new"], 1e-9)
             rows.append((f"exact {row['norm']} forest MILP speed-up over {fo['before']}: {row['model']} on {row['dataset']}",
-                         f"{sp:.2f}x ({row['old']:.2f} -> {row['new']:.2f} s/pt); exact {row['ex_old']}/{row['n']} -> {row['ex_new']}/{row['n']}",
+                         f"{sp:.2f}x ({row['old']:.2f} -> {row['new']:.2f} s/pt); exact {row['ex_old']}/{row['n']} -> {row['ex_new']}/{row['n']}; "
+                         f"MILP calls Gurobi / HiGHS {row.get('gurobi', 0)} / {row.get('highs', 0)}",
                          f">= {FORESTS_TARGET:.0f}x at equal certified results", verdict(sp >= FORESTS_TARGET and row["ex_new"] >= row["ex_old"])))
         n = sum(r["n"] for r in fo["rows"] if r["model"] == "rf")
         ex = sum(r["ex_new"] for r in fo["rows"] if r["model"] == "rf")
         if n:
             rows.append(("certified share of the registry rf points above (default work budgets)", f"{ex}/{n} = {ex / n:.0%}",
                          f">= {CERTIFIED_TARGET:.0%}", verdict(ex / n >= CERTIFIED_TARGET)))
+    bk = res.get("backends")
+    if isinstance(bk, dict):
+        br = bk["rows"]
+        n = sum(r["n"] for r in br)
+        same = sum(r["same"] for r in br)
+        ea, eb = sum(r["exact_a"] for r in br), sum(r["exact_b"] for r in br)
+        above = sum(r["bound_above"] for r in br)
+        for m, (a, b) in bk["totals"].items():
+            rows.append((f"default-plan {m} cells, whole jobs, HiGHS / auto" + (f" (Gurobi unusable: {bk['gurobi']})" if bk["gurobi"] else ""),
+                         f"{a / max(b, 1e-9):.2f}x ({a:.0f} -> {b:.0f} s)", "faster, equal certified results", "—"))
+        rows.append(("default-plan tree rows, HiGHS vs auto: identical / certified / bounds above the other's radius",
+                     f"{same}/{n} identical; exact {ea} -> {eb}; {above} above", "0 above, exact not lower", verdict(above == 0 and eb >= ea)))
     dk = res.get("dask")
     if isinstance(dk, dict):
         by = {(r["kind"], r["workers"]): r for r in dk["rows"]}
@@ -327,7 +351,8 @@ def main(argv: list[str] | None = None) -> None:
     info = machine_info()
     runners: dict[str, Callable[[str, Path], dict[str, Any]]] = {
         "rfm": bench_rfm, "metrics": bench_metrics, "attacks": bench_attacks, "plan": bench_plan, "adapters": bench_adapters,
-        "certify": bench_certify, "streaming": bench_streaming, "trees": bench_trees, "forests": bench_forests, "dask": bench_dask}
+        "certify": bench_certify, "streaming": bench_streaming, "trees": bench_trees, "forests": bench_forests,
+        "backends": bench_backends, "dask": bench_dask}
     res: dict[str, Any] = {}
     loads: dict[str, tuple[float, float]] = {}
     seconds: dict[str, float] = {}

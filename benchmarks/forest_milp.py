@@ -56,6 +56,10 @@ def before_module(before: str = BEFORE) -> types.ModuleType:
     mod = importlib.util.module_from_spec(spec)
     sys.modules[name] = mod
     spec.loader.exec_module(mod)
+    if hasattr(mod, "shared"):  # its structures are cached apart from the current module's (their classes differ)
+        from robustbench_align.attacks.trees.points import shared
+
+        mod.shared = lambda ens, key, build: shared(ens, ("before", key), build)
     return mod
 
 
@@ -67,7 +71,8 @@ def model_of(name: str, dataset: str, cache: str | None) -> Any:
     return fit_cached(name, ds, 0, cache)[0], ds
 
 
-def run_cell(before: types.ModuleType, name: str, dataset: str, norm_name: str, points: int, cache: str | None) -> dict[str, Any]:
+def run_cell(before: types.ModuleType, name: str, dataset: str, norm_name: str, points: int, cache: str | None,
+             solver: str = "auto") -> dict[str, Any]:
     """Both solvers on the first `points` clean-correct points of the default plan's sample."""
     model, ds = model_of(name, dataset, cache)
     idx = sample_points(len(ds.y_test), 50, 0)
@@ -77,12 +82,13 @@ def run_cell(before: types.ModuleType, name: str, dataset: str, norm_name: str, 
     ens = ensemble_of(model, "milp")
     norm = Norm.of(norm_name)
     old = before.MilpSolver(ens, model, norm, 1e-6)
-    new = after_module.MilpSolver(ens, model, norm, 1e-6)
+    new = after_module.MilpSolver(ens, model, norm, 1e-6, solver=solver)
     t_old = t_new = 0.0
     ex_old = ex_new = 0
     dr = dl = 0.0
     lower_above = 0
     r_lower = r_higher = 0
+    solves = gurobi = highs = 0
     for x, yi in zip(X, y, strict=True):
         t0 = time.perf_counter()
         a = old.solve_point(x, int(yi))
@@ -91,6 +97,9 @@ def run_cell(before: types.ModuleType, name: str, dataset: str, norm_name: str, 
         t2 = time.perf_counter()
         t_old += t1 - t0
         t_new += t2 - t1
+        solves += b.solves
+        gurobi += b.gurobi
+        highs += b.highs
         ex_old += int(a.lower >= a.dist * (1 - EXACT_REL))
         ex_new += int(b.lower >= b.dist * (1 - EXACT_REL))
         dr = max(dr, abs(a.dist - b.dist)) if np.isfinite(a.dist) or np.isfinite(b.dist) else dr
@@ -101,7 +110,7 @@ def run_cell(before: types.ModuleType, name: str, dataset: str, norm_name: str, 
     n = len(y)
     return {"model": name, "dataset": dataset, "norm": norm_name, "n": n, "old": t_old / max(n, 1), "new": t_new / max(n, 1),
             "ex_old": ex_old, "ex_new": ex_new, "dr": dr, "dl": dl, "lower_above": lower_above,
-            "r_lower": r_lower, "r_higher": r_higher}
+            "r_lower": r_lower, "r_higher": r_higher, "solves": solves, "gurobi": gurobi, "highs": highs}
 
 
 CELLS = [("rf", "breast_cancer", "l2"), ("rf", "breast_cancer", "l1"), ("rf", "digits", "l2"), ("rf", "digits", "l1"),
@@ -110,24 +119,27 @@ CELLS = [("rf", "breast_cancer", "l2"), ("rf", "breast_cancer", "l1"), ("rf", "d
 
 
 def run(cells: list[tuple[str, ...]] | None = None, points: int = 10, cache: str | None = None, before: str = BEFORE,
-        command: str = "python -m benchmarks.forest_milp") -> dict[str, Any]:
+        command: str = "python -m benchmarks.forest_milp", solver: str = "auto") -> dict[str, Any]:
     """Every cell, before and after; returns {"rows": [...], "markdown": str}."""
     mod = before_module(before)
     lines = ["| model | dataset | norm | points | s/pt before | s/pt after | speed-up | exact before | exact after "
-             "| max abs radius diff | radius lower / higher after | max abs lower-bound diff | bound above the other's radius |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| max abs radius diff | radius lower / higher after | max abs lower-bound diff | bound above the other's radius "
+             "| solver calls after: Gurobi / HiGHS |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     print(lines[0], flush=True)
     rows = []
     for m, d, nm in cells or CELLS:
-        r = run_cell(mod, m, d, nm, points, cache)
+        r = run_cell(mod, m, d, nm, points, cache, solver)
         rows.append(r)
         line = (f"| {r['model']} | {r['dataset']} | {r['norm']} | {r['n']} | {r['old']:.2f} | {r['new']:.2f} | {r['old'] / max(r['new'], 1e-9):.2f}x "
-                f"| {r['ex_old']}/{r['n']} | {r['ex_new']}/{r['n']} | {r['dr']:.2e} | {r['r_lower']} / {r['r_higher']} | {r['dl']:.2e} | {r['lower_above']} |")
+                f"| {r['ex_old']}/{r['n']} | {r['ex_new']}/{r['n']} | {r['dr']:.2e} | {r['r_lower']} / {r['r_higher']} | {r['dl']:.2e} | {r['lower_above']} "
+                f"| {r['gurobi']} / {r['highs']} |")
         lines.append(line)
         print(line, flush=True)
     head = [f"# Exact l2/l1 on forests: MILP before ({before}) and after, same process, same points", "",
             f"`{command}` on {platform.processor() or platform.machine()}, "
-            f"Python {platform.python_version()}; default work budgets (100 nodes per solve, 2 band cuts per target). "
+            f"Python {platform.python_version()}; default work budgets (100 nodes per solve, 2 band cuts per target); "
+            f"after: solver={solver!r} (before: HiGHS). "
             "Timings are wall-clock on a shared machine: compare the two columns of a row, not rows across runs.", ""]
     return {"rows": rows, "before": before, "markdown": "\n".join(head + lines) + "\n"}
 
@@ -140,11 +152,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--cells", default=None, help="comma-separated model:dataset:norm (default: all)")
     ap.add_argument("--before", default=BEFORE, help=f"the commit whose milp.py is 'before' (default {BEFORE})")
     ap.add_argument("--out", default=str(RESULTS), help="where to write the markdown table")
+    ap.add_argument("--solver", default="auto", choices=["auto", "highs", "gurobi"], help="the MILP backend of the 'after' side")
     args = ap.parse_args(argv)
     points = args.points or (3 if args.quick else 10)
     cells = [tuple(c.split(":")) for c in args.cells.split(",")] if args.cells else CELLS
     res = run(cells, points, args.cache, args.before,
-              "python -m benchmarks.forest_milp " + " ".join(argv if argv is not None else sys.argv[1:]))
+              "python -m benchmarks.forest_milp " + " ".join(argv if argv is not None else sys.argv[1:]), args.solver)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(res["markdown"])

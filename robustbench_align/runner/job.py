@@ -121,7 +121,8 @@ def library_versions() -> dict[str, str]:
     import importlib.metadata as md
 
     out = {"python": platform.python_version()}
-    for dist in ("robustbench-align", "torch", "numpy", "scipy", "scikit-learn", "xgboost", "xgboost-cpu", "pyautoattack", "torchattacks", "dtai-veritas"):
+    for dist in ("robustbench-align", "torch", "numpy", "scipy", "scikit-learn", "xgboost", "xgboost-cpu", "pyautoattack", "torchattacks",
+                 "dtai-veritas", "gurobipy"):
         with contextlib.suppress(md.PackageNotFoundError):  # not installed: not recorded
             out[dist] = md.version(dist)
     return out

@@ -1,4 +1,4 @@
-"""The Kantchelian MILP: exact minimal linf/l1/l2 perturbations of a tree ensemble, solved by HiGHS.
+"""The Kantchelian MILP: exact minimal linf/l1/l2 perturbations of a tree ensemble, solved by HiGHS or Gurobi (`mip`).
 
 Kantchelian, Tygar and Joseph, "Evasion and Hardening of Tree Ensemble Classifiers", ICML 2016.
 `MilpStructure` is the point-independent program of one target margin (see `margins`),
@@ -9,12 +9,10 @@ from __future__ import annotations
 
 import logging
 import time
-import warnings
-from typing import Any, cast
+from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
-from scipy.optimize import Bounds, LinearConstraint, milp
 
 from ...errors import AttackError
 from ...models.base import Model, Tree, TreeEnsemble
@@ -23,11 +21,11 @@ from .flat import DeadlinePassed, FlatEnsemble, check_deadline
 from .grid import Grid, point_distance
 from .local_search import LocalSearch
 from .margins import N_LEVELS, ExactVotes, Target, shifted, targets_of
+from .mip import check_solver, solve_mip
 from .points import DEFAULT_SAFETY_SECONDS, PointOutcome, check_budget, ensemble_of, run_points, shared
 
 log = logging.getLogger(__name__)
 
-_HIGHS_TOL = {"mip_feasibility_tolerance": 1e-9, "primal_feasibility_tolerance": 1e-9}
 DEFAULT_NODES = 100  # branch-and-bound nodes per MILP solve
 DEFAULT_CUTS = 2  # band leaf combinations resolved (each one more MILP solve) per target
 
@@ -143,7 +141,7 @@ class MilpStructure:
                          for j, i in enumerate(self.active_index)], dtype=np.int64)
 
     def solve(self, x: np.ndarray, norm: Norm, upper: float, guard: float, rel_gap: float, node_limit: int,
-              time_limit: float, cuts: list[np.ndarray] | None = None) -> dict[str, Any]:
+              time_limit: float, cuts: list[np.ndarray] | None = None, solver: str = "auto") -> dict[str, Any]:
         """Minimise the distance (linf, l1 or squared l2) to a point whose margin reaches `guard`.
 
         `upper` (a verified distance, or inf) restricts the program to what is reachable within it,
@@ -162,9 +160,10 @@ class MilpStructure:
         the model was seen not to flip, which is sound because every input with the same leaves
         gets the same library output. `node_limit` (branch-and-bound nodes) is the work budget;
         `time_limit` (seconds, building the program included) only a safety net; when it passes before
-        the solver starts, the answer is a time-limit hit without a point. Returns status ("optimal", "limit",
-        "infeasible", "error"), whether the time limit was what stopped it, the decoded point (or
-        None), its objective value and the certified lower bound, both in distance units.
+        the solver starts, the answer is a time-limit hit without a point. `solver` is the backend (`mip.solve_mip`).
+        Returns status ("optimal", "limit", "infeasible", "error"), whether the time limit was what stopped
+        it, the decoded point (or None), its objective value and the certified lower bound, both in
+        distance units, and the backend that answered ("solver"; absent when no solver ran).
         """
         t_start = time.perf_counter()
         grid = self.grid
@@ -297,60 +296,56 @@ class MilpStructure:
             c[b_col] = 1.0
             ub[b_col] = sigma * ucost if np.isfinite(ucost) else np.inf
         else:
-            # b is fixed to 1 and carries the constant, so HiGHS sees (and gaps) the true distance
+            # b is fixed to 1 and carries the constant, so the solver sees (and gaps) the true distance
             lb[b_col] = ub[b_col] = 1.0
             c[b_col] = const
-        A = sp.csr_matrix((np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))), shape=(r_next, n_var))
-        cons = [LinearConstraint(A, np.concatenate(lo), np.concatenate(hi)),
-                LinearConstraint(sp.csr_matrix((self.leaf_w[kl], (np.zeros(kl.size, dtype=np.int64), leaf_var[kl])), shape=(1, n_var)),
-                                 guard - c0, np.inf)]
+        blocks = [sp.csr_matrix((np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))), shape=(r_next, n_var)),
+                  sp.csr_matrix((self.leaf_w[kl], (np.zeros(kl.size, dtype=np.int64), leaf_var[kl])), shape=(1, n_var))]
+        lo += [np.array([guard - c0])]
+        hi += [np.array([np.inf])]
         if not linf and np.isfinite(ucost):
-            cons.append(LinearConstraint(sp.csr_matrix(c[None, :]), -np.inf, sigma * ucost + 1e-9))
+            blocks.append(sp.csr_matrix(c[None, :]))
+            lo.append(np.array([-np.inf]))
+            hi.append(np.array([sigma * ucost + 1e-9]))
         for cut in cuts or []:  # sum of the combination's leaf indicators <= (number of trees) - 1
             if not np.all(reach[cut]):
                 continue  # the combination is out of reach anyway
             vs = leaf_var[cut[kept_tree[self.leaf_tree[cut]]]]  # the constant trees' leaves are always taken
             if vs.size == 0:
                 return infeasible  # the one reachable combination is cut off
-            cons.append(LinearConstraint(sp.csr_matrix((np.ones(vs.size), (np.zeros(vs.size, dtype=np.int64), vs)),
-                                                       shape=(1, n_var)), -np.inf, vs.size - 1.0))
+            blocks.append(sp.csr_matrix((np.ones(vs.size), (np.zeros(vs.size, dtype=np.int64), vs)), shape=(1, n_var)))
+            lo.append(np.array([-np.inf]))
+            hi.append(np.array([vs.size - 1.0]))
         integrality = np.zeros(n_var, dtype=np.int8)
         integrality[:n_pk] = 1
         left = float(time_limit) - (time.perf_counter() - t_start)  # building the program counts against the limit
         if left <= 0:
             return {"status": "limit", "x": None, "obj": np.inf, "lb": 0.0, "time_hit": True,
                     "message": "the time limit passed while the program was built"}
-        # the HiGHS tolerances and mip_abs_gap are outside scipy's typed option keys; scipy passes them on verbatim.
-        # Presolve stays off: on these programs it costs seconds at the root that no node budget bounds
-        opts: dict[str, Any] = {"time_limit": max(left, 1e-3), "node_limit": int(node_limit), "mip_rel_gap": rel_gap,
-                                "presolve": False, "mip_abs_gap": 1e-9, **_HIGHS_TOL}
-        t0 = time.perf_counter()
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)
-            # Any: the stubs tie a solution x to status 0, but a time-out (status 1) can return one too
-            res: Any = milp(c, constraints=cons, integrality=integrality, bounds=Bounds(lb, ub), options=cast(Any, opts))
-        time_hit = bool(res.status == 1 and time.perf_counter() - t0 >= 0.99 * left)
+        ans = solve_mip(c, sp.csr_matrix(sp.vstack(blocks)), np.concatenate(lo), np.concatenate(hi), lb, ub, integrality,
+                        node_limit, left, rel_gap, solver=solver)
 
         def to_dist(v: float) -> float:
             v = v / sigma
             return float(np.sqrt(max(v, 0.0))) if sq else float(max(v, 0.0))
 
-        if res.status == 2:
-            return infeasible
-        dual = res.get("mip_dual_bound")
-        # the objective is scaled to about 1; HiGHS' bound is good to its tolerances (~1e-9), no better
-        lbd = to_dist(dual - 1e-9 * max(abs(dual), 1e-3)) if dual is not None and np.isfinite(dual) else 0.0
-        if res.x is None:
-            return {"status": "limit" if res.status == 1 else "error", "x": None, "obj": np.inf, "lb": lbd, "message": res.message,
-                    "time_hit": time_hit}
-        p = res.x[:n_pk] > 0.5
+        if ans.status == "infeasible":
+            return {**infeasible, "solver": ans.solver}
+        dual = ans.bound
+        # the objective is scaled to about 1; the solver's bound is good to its tolerances (~1e-9), no better
+        lbd = to_dist(dual - 1e-9 * max(abs(dual), 1e-3)) if dual is not None else 0.0
+        if ans.x is None:
+            return {"status": ans.status, "x": None, "obj": np.inf, "lb": lbd, "message": ans.message, "time_hit": ans.time_hit,
+                    "solver": ans.solver}
+        p = ans.x[:n_pk] > 0.5
         choice = [int(choice_of[g][int(np.count_nonzero(~p[starts[g]:starts[g + 1]]))]) for g in range(n_f)]
         xa = grid.point(x, choice, pts)
-        obj = to_dist(res.fun)
-        status = "optimal" if res.status == 0 else "limit"
+        obj = to_dist(ans.fun)
+        status = ans.status
+        time_hit = ans.time_hit
         if dual is None and status == "optimal":
-            lbd = to_dist(res.fun - 1e-9 * max(abs(res.fun), 1e-3))
-        return {"status": status, "x": xa, "obj": obj, "lb": lbd, "time_hit": time_hit}
+            lbd = to_dist(ans.fun - 1e-9 * max(abs(ans.fun), 1e-3))
+        return {"status": status, "x": xa, "obj": obj, "lb": lbd, "time_hit": time_hit, "solver": ans.solver}
 
 
 class MilpSolver:
@@ -358,12 +353,14 @@ class MilpSolver:
 
     node_limit: branch-and-bound nodes per MILP solve; max_cuts: leaf combinations in the
     certification band that may be resolved (and cut off) per target; time_limit: the safety net in
-    seconds per point (hitting it is counted in `PointOutcome.time_hit`).
+    seconds per point (hitting it is counted in `PointOutcome.time_hit`); solver: the MILP backend
+    ("auto", "highs", "gurobi", see `mip`).
     """
 
     def __init__(self, ens: TreeEnsemble, model: Model, norm: Norm, rel_gap: float, node_limit: int = DEFAULT_NODES,
-                 max_cuts: int = DEFAULT_CUTS, time_limit: float = DEFAULT_SAFETY_SECONDS) -> None:
+                 max_cuts: int = DEFAULT_CUTS, time_limit: float = DEFAULT_SAFETY_SECONDS, solver: str = "auto") -> None:
         self.ens, self.model, self.norm, self.rel_gap = ens, model, norm, rel_gap
+        self.solver = check_solver("milp", solver)
         self.node_limit, self.max_cuts, self.time_limit = int(node_limit), int(max_cuts), float(time_limit)
         self.grid = shared(ens, "grid", lambda: Grid.of_trees(list(ens.trees), ens.strict, ens.dtype))
         self.flat = shared(ens, "flat", lambda: FlatEnsemble(ens))
@@ -444,8 +441,10 @@ class MilpSolver:
             if remaining <= 0:
                 out.time_hit = True
                 return None
-            r = st.solve(x, self.norm, out.dist, guard, self.rel_gap, self.node_limit, remaining, cuts)
+            r = st.solve(x, self.norm, out.dist, guard, self.rel_gap, self.node_limit, remaining, cuts, self.solver)
             out.solves += 1
+            out.gurobi += int(r.get("solver") == "gurobi")
+            out.highs += int(r.get("solver") == "highs")
             out.time_hit |= bool(r["time_hit"])
             out.limited |= r["status"] == "limit"
             return r
@@ -507,7 +506,7 @@ class MilpSolver:
 
 
 class KantchelianMILP(MinimalAttack):
-    """Exact minimal linf/l1/l2 perturbation of a tree ensemble (Kantchelian et al. 2016), HiGHS MILP.
+    """Exact minimal linf/l1/l2 perturbation of a tree ensemble (Kantchelian et al. 2016), a MILP solved by HiGHS or Gurobi.
 
     One binary predicate per distinct (feature, threshold in the ensemble's dtype), thermometer-coded, leaf
     indicators tied to them by the tree structure, and the decision flip as a linear margin
@@ -522,8 +521,12 @@ class KantchelianMILP(MinimalAttack):
     nodes per MILP solve and `max_cuts` band resolutions per target (see `MilpSolver`);
     `time_limit` (seconds per point) is only a safety net, counted in flags["time_limit_hit"].
     `lower_bound` is certified for the model's own arithmetic (see `margins`): the optimum when
-    solved, HiGHS' dual bound (min over classes) when the node budget runs out, and never below the
-    cheapest single threshold crossing. `mip_rel_gap` is HiGHS' relative gap.
+    solved, the solver's dual bound (min over classes) when the node budget runs out, and never below the
+    cheapest single threshold crossing. `mip_rel_gap` is the solver's relative gap.
+
+    `solver`: "auto" (Gurobi when gurobipy is installed and licensed for the program, else HiGHS;
+    program by program), "highs" or "gurobi" (see `mip`). flags["milp_gurobi_solves"] and
+    flags["milp_highs_solves"] count the solves each answered.
     """
 
     name = "milp"
@@ -532,7 +535,7 @@ class KantchelianMILP(MinimalAttack):
     exact = True
 
     def __init__(self, node_limit: int = DEFAULT_NODES, max_cuts: int = DEFAULT_CUTS, time_limit: float = DEFAULT_SAFETY_SECONDS,
-                 mip_rel_gap: float = 1e-6, seed: int = 0) -> None:
+                 mip_rel_gap: float = 1e-6, solver: str = "auto", seed: int = 0) -> None:
         if not time_limit > 0:
             raise AttackError(f"milp: time_limit must be > 0 seconds, got {time_limit!r}")
         if not 0 <= mip_rel_gap < 1:
@@ -541,12 +544,13 @@ class KantchelianMILP(MinimalAttack):
         self.max_cuts = check_budget("milp", "max_cuts", max_cuts, minimum=0)
         self.time_limit = float(time_limit)
         self.mip_rel_gap = float(mip_rel_gap)
+        self.solver = check_solver("milp", solver)
         self.seed = seed
 
     def _attack(self, model: Model, X: np.ndarray, y: np.ndarray, norm: Norm) -> Candidates:
         """Solve every clean-correct point within its work budgets."""
         ens = ensemble_of(model, self.name)
-        solver = MilpSolver(ens, model, norm, self.mip_rel_gap, self.node_limit, self.max_cuts, self.time_limit)
+        solver = MilpSolver(ens, model, norm, self.mip_rel_gap, self.node_limit, self.max_cuts, self.time_limit, self.solver)
         return run_points(self.name, model, ens, X, y, lambda x, yi: solver.solve_point(x, yi))
 
 

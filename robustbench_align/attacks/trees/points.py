@@ -10,6 +10,7 @@ solver calls per point as queries, and these flags:
 - time_limit_hit: points stopped by the wall-clock safety net (their results may depend on machine
   speed; raise the time limit or lower the work budgets);
 - milp_fallback: Veritas points handed to the MILP;
+- milp_gurobi_solves, milp_highs_solves: MILP solves answered by each backend (see `mip`);
 - point_time: seconds spent on each point (0 for clean-misclassified points);
 - ensemble_mismatch: clean points where the parsed ensemble and the model disagree (a warning is
   logged; their results may be missing).
@@ -57,6 +58,8 @@ class PointOutcome:
     limited: bool = False  # a work budget ran out
     time_hit: bool = False  # the wall-clock safety net stopped the search
     fell_back: bool = False  # a Veritas point handed to the MILP
+    gurobi: int = 0  # MILP solves Gurobi answered
+    highs: int = 0  # MILP solves HiGHS answered
     verified: bool = True  # x_adv was checked with the model's own predict (else run_points checks it)
 
 
@@ -141,7 +144,7 @@ def run_points(attack: str, model: Model, ens: TreeEnsemble, X: np.ndarray, y: n
             point_time[j] += time.perf_counter() - ts
     lower = np.zeros(n)
     queries = np.zeros(n, dtype=np.int64)
-    retries = limited = time_hit = fallbacks = 0
+    retries = limited = time_hit = fallbacks = gurobi = highs = 0
     for i, o in outcomes.items():
         if o.x_adv is not None:
             cand[i] = o.x_adv
@@ -151,10 +154,13 @@ def run_points(attack: str, model: Model, ens: TreeEnsemble, X: np.ndarray, y: n
         limited += int(o.limited)
         time_hit += int(o.time_hit)
         fallbacks += int(o.fell_back)
+        gurobi += o.gurobi
+        highs += o.highs
     if time_hit:
         log.warning("%s: %d point(s) stopped by the wall-clock safety net; their bounds depend on machine speed", attack, time_hit)
     return Candidates(x_adv=cand, lower_bound=lower, queries=queries, flags={
         "guard_retries": retries, "budget_exhausted": limited, "time_limit_hit": time_hit, "milp_fallback": fallbacks,
+        "milp_gurobi_solves": gurobi, "milp_highs_solves": highs,
         "point_time": point_time, "ensemble_mismatch": mismatch,
     })
 

@@ -667,6 +667,8 @@ class VeritasLinf(MinimalAttack):
             fb = milp_solver.solve_point(x, y, best=out.x_adv, deadline=max(deadline, time.perf_counter() + 1.0))
             out.solves += fb.solves
             out.retries += fb.retries
+            out.gurobi += fb.gurobi
+            out.highs += fb.highs
             out.limited |= fb.limited
             out.time_hit |= fb.time_hit
             if fb.x_adv is not None and fb.dist < out.dist:
