@@ -168,6 +168,17 @@ class Grid:
         r = int(np.searchsorted(self.thr[i], self.dtype(thr)))
         return int(self.offset[i]) + r
 
+    def pred_indices(self, features: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
+        """`pred_index` of many (feature, threshold) pairs at once (one searchsorted per feature)."""
+        features = np.asarray(features, dtype=np.int64)
+        th = np.asarray(thresholds).astype(self.dtype)
+        out = np.empty(features.size, dtype=np.int64)
+        for f in np.unique(features).tolist():
+            m = features == f
+            i = self._index[int(f)]
+            out[m] = int(self.offset[i]) + np.searchsorted(self.thr[i], th[m])
+        return out
+
     def intervals(self, x: np.ndarray) -> tuple[list[int], list[np.ndarray], list[np.ndarray]]:
         """Per grid feature: the interval of x, the closest point of every interval (a rounding edge), its distance.
 

@@ -33,33 +33,17 @@ DEFAULT_CUTS = 2  # band leaf combinations resolved (each one more MILP solve) p
 _CHECK_EVERY = 1024  # nodes between deadline checks while a structure is built
 
 
-class MilpStructure:
-    """The point-independent part of the MILP for one target: trees, leaves, paths, node constraints.
+class MilpTopology:
+    """The part of a MILP structure that depends only on its trees: grid, leaves, their paths, node rows.
 
-    Per point (`solve`) the program is restricted to what is reachable within the incumbent
-    distance u (see `solve`); its variables are p (binary, one per kept (feature, threshold) of the
-    trees that matter for this target; p = 1 means "goes left"), l (continuous leaf indicators) and
-    b (the linf bound, or the constant 1 carrying the l1/l2 objective's constant).
-
-    Building it walks every node of every active tree (and lists the leaves under each node), so
-    it checks `deadline` (perf_counter) every few hundred nodes and raises DeadlinePassed once it
-    has passed; without a deadline the structure is the same.
+    Targets whose non-constant trees are the same (every class pair of a forest, and a target and
+    its `shifted` form) share one (`MilpStructure` takes it from the ensemble's shared cache). Building it
+    walks every node of every tree (and lists the leaves under each node), so it checks `deadline`
+    (perf_counter) every few hundred nodes and raises DeadlinePassed once it has passed.
     """
 
-    def __init__(self, ens: TreeEnsemble, target: Target, deadline: float = np.inf) -> None:
-        self.target = target
-        c0 = target.c0
-        active: list[tuple[Tree, np.ndarray]] = []
-        self.active_index: list[int] = []
-        for i, (t, w) in enumerate(zip(ens.trees, target.w, strict=True)):
-            lv = w[t.is_leaf]
-            if t.left[0] < 0 or np.all(lv == lv[0]):
-                c0 += float(lv[0])
-            else:
-                active.append((t, w))
-                self.active_index.append(i)
-        self.c0 = c0
-        self.grid = grid = Grid.of_trees([t for t, _ in active], ens.strict, ens.dtype)
+    def __init__(self, trees: list[Tree], strict: bool, dtype: type[np.floating[Any]], deadline: float = np.inf) -> None:
+        self.grid = grid = Grid.of_trees(trees, strict, dtype)
         self.n_p = grid.n_pred
         n_f = len(grid.features)
         # fine interval i of grid feature g is number ioff[g] + i of the concatenated interval list
@@ -68,7 +52,6 @@ class MilpStructure:
         self.pred_r = (np.arange(self.n_p) - grid.offset[self.pred_feat]).astype(np.int64)
         gidx = {f: g for g, f in enumerate(grid.features)}
         leaf_tree: list[int] = []
-        leaf_w: list[float] = []
         pair_leaf: list[int] = []  # a leaf's path restricts grid feature pair_feat to fine intervals [pair_lo, pair_hi]
         pair_feat: list[int] = []
         pair_lo: list[int] = []
@@ -78,13 +61,15 @@ class MilpStructure:
         ent_row: list[int] = []
         ent_leaf: list[int] = []
         self.leaf_col_of: list[np.ndarray] = []  # per active tree: node -> leaf number (-1 at internal nodes)
-        for j, (t, w) in enumerate(active):
+        for j, t in enumerate(trees):
             cols_of = np.full(t.n_nodes, -1, dtype=np.int64)
-            for leaf in np.flatnonzero(t.is_leaf):
-                cols_of[leaf] = len(leaf_tree)
-                leaf_tree.append(j)
-                leaf_w.append(float(w[leaf]))
+            leaves = np.flatnonzero(t.is_leaf)
+            cols_of[leaves] = len(leaf_tree) + np.arange(leaves.size)
+            leaf_tree += [j] * leaves.size
             self.leaf_col_of.append(cols_of)
+            internal = t.left >= 0
+            q_of = np.full(t.n_nodes, -1, dtype=np.int64)  # global predicate of each internal node
+            q_of[internal] = grid.pred_indices(t.feature[internal], t.threshold[internal])
             under: dict[int, list[int]] = {}
             stack: list[tuple[int, dict[int, tuple[int, int]]]] = [(0, {})]
             order: list[int] = []
@@ -101,7 +86,7 @@ class MilpStructure:
                         pair_hi.append(hi_)
                     continue
                 g = gidx[int(t.feature[n])]
-                r = self.grid.pred_index(int(t.feature[n]), t.threshold[n]) - int(grid.offset[g])
+                r = int(q_of[n]) - int(grid.offset[g])
                 lo_, hi_ = box.get(g, (0, int(grid.offset[g + 1] - grid.offset[g])))
                 stack.append((int(t.right[n]), {**box, g: (max(lo_, r + 1), hi_)}))
                 stack.append((int(t.left[n]), {**box, g: (lo_, min(hi_, r))}))
@@ -111,17 +96,16 @@ class MilpStructure:
                 if t.left[n] < 0:
                     under[n] = [int(cols_of[n])]
                     continue
-                q = self.grid.pred_index(int(t.feature[n]), t.threshold[n])
+                q = int(q_of[n])
                 for side, child in ((0, int(t.left[n])), (1, int(t.right[n]))):
                     ent_leaf += under[child]
                     ent_row += [len(row_q)] * len(under[child])
                     row_q.append(q)
                     row_side.append(side)
                 under[n] = under[int(t.left[n])] + under[int(t.right[n])]
-        self.n_active = len(active)
+        self.n_active = len(trees)
         self.n_l = len(leaf_tree)
         self.leaf_tree = np.asarray(leaf_tree, dtype=np.int64)
-        self.leaf_w = np.asarray(leaf_w, dtype=np.float64)
         self.pair_leaf = np.asarray(pair_leaf, dtype=np.int64)
         self.pair_feat = np.asarray(pair_feat, dtype=np.int64)
         self.pair_lo = np.asarray(pair_lo, dtype=np.int64)
@@ -133,6 +117,57 @@ class MilpStructure:
         # a leaf whose path contradicts itself (x_f < 1 then x_f > 2) is reached by no input
         self.leaf_empty = np.zeros(self.n_l, dtype=bool)
         self.leaf_empty[self.pair_leaf[self.pair_lo > self.pair_hi]] = True
+
+
+class MilpStructure:
+    """The point-independent part of the MILP for one target: trees, leaves, paths, node constraints.
+
+    Per point (`solve`) the program is restricted to what is reachable within the incumbent
+    distance u (see `solve`); its variables are p (binary, one per kept (feature, threshold) of the
+    trees that matter for this target; p = 1 means "goes left"), l (continuous leaf indicators) and
+    b (the linf bound, or the constant 1 carrying the l1/l2 objective's constant).
+
+    Its tree part (`MilpTopology`) is built once per set of non-constant trees and shared through
+    the ensemble's cache; building one checks `deadline` (perf_counter) and raises DeadlinePassed
+    once it has passed (nothing is cached then); without a deadline the structure is the same.
+    """
+
+    def __init__(self, ens: TreeEnsemble, target: Target, deadline: float = np.inf) -> None:
+        self.target = target
+        c0 = target.c0
+        active: list[tuple[Tree, np.ndarray]] = []
+        self.active_index: list[int] = []
+        for i, (t, w) in enumerate(zip(ens.trees, target.w, strict=True)):
+            lv = w[t.is_leaf]
+            if t.left[0] < 0 or np.all(lv == lv[0]):
+                c0 += float(lv[0])
+            else:
+                active.append((t, w))
+                self.active_index.append(i)
+        self.c0 = c0
+        trees = [t for t, _ in active]
+        topo = shared(ens, ("milp-topology", tuple(self.active_index)), lambda: MilpTopology(trees, ens.strict, ens.dtype, deadline))
+        self.topology = topo
+        self.grid = topo.grid
+        self.n_p = topo.n_p
+        self.ioff = topo.ioff
+        self.pred_feat = topo.pred_feat
+        self.pred_r = topo.pred_r
+        self.leaf_col_of = topo.leaf_col_of
+        self.n_active = topo.n_active
+        self.n_l = topo.n_l
+        self.leaf_tree = topo.leaf_tree
+        self.pair_leaf = topo.pair_leaf
+        self.pair_feat = topo.pair_feat
+        self.pair_lo = topo.pair_lo
+        self.pair_hi = topo.pair_hi
+        self.row_q = topo.row_q
+        self.row_side = topo.row_side
+        self.ent_row = topo.ent_row
+        self.ent_leaf = topo.ent_leaf
+        self.leaf_empty = topo.leaf_empty
+        # leaf values in the topology's leaf order (per tree, its leaves in node order)
+        self.leaf_w = np.concatenate([w[t.is_leaf] for t, w in active]).astype(np.float64) if active else np.zeros(0)
 
     def leaf_columns(self, ens: TreeEnsemble, xa: np.ndarray) -> np.ndarray:
         """The leaves (numbers, one per active tree) xa reaches: the combination a no-good cut excludes."""
