@@ -140,3 +140,23 @@ def test_node_budget_is_deterministic_and_sound():
         assert np.all(a.lower_bound <= a.distance * (1 + 1e-9) + 1e-12)
         ok = a.success & (a.distance > 0)
         assert np.all(model.predict(a.x_adv[ok]) != y[ok])
+
+
+def test_targets_with_the_same_trees_share_one_topology():
+    """Every class pair of a 3-class forest keeps all trees: one topology, built once; per-target leaf values differ."""
+    ens = forest(4, n_trees=5, depth=3, n_classes=3)
+    model = EnsembleModel(ens)
+    solver = MilpSolver(ens, model, Norm.of("l2"), 1e-9)
+    structs = [solver.structure(t) for y in range(3) for t in solver.targets(y)]
+    by_trees: dict[tuple[int, ...], object] = {}
+    for st in structs:
+        topo = by_trees.setdefault(tuple(st.active_index), st.topology)
+        assert st.topology is topo  # shared, not rebuilt
+        # its leaf values are this target's margin contributions, in the topology's leaf order
+        expect = np.concatenate([st.target.w[i][ens.trees[i].is_leaf] for i in st.active_index])
+        np.testing.assert_array_equal(st.leaf_w, expect)
+    assert len(by_trees) < len(structs)
+    # a structure built on its own (no shared cache entry yet) has the same arrays
+    fresh = MilpStructure(forest(4, n_trees=5, depth=3, n_classes=3), structs[0].target)
+    for name in ("leaf_tree", "pair_leaf", "pair_feat", "pair_lo", "pair_hi", "row_q", "row_side", "ent_row", "ent_leaf"):
+        np.testing.assert_array_equal(getattr(fresh, name), getattr(structs[0], name))
