@@ -40,7 +40,20 @@ def machine_info() -> dict[str, Any]:
         "torch": torch.__version__,
         "torch_threads": torch.get_num_threads(),
         "numpy": numpy.__version__,
+        "milp": milp_backend(),
     }
+
+
+def milp_backend() -> str:
+    """What the exact tree MILP runs on here: HiGHS, or Gurobi (with its version) where its licence takes the program."""
+    from robustbench_align.attacks.trees.mip import gurobi_unavailable
+
+    why = gurobi_unavailable()
+    if why:
+        return f"HiGHS ({why})"
+    import gurobipy
+
+    return f"Gurobi {'.'.join(map(str, gurobipy.gurobi.version()))} where licensed, else HiGHS"
 
 
 def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
