@@ -169,7 +169,8 @@ def _gurobi(env: Any, c: np.ndarray, A: sp.csr_matrix, row_lo: np.ndarray, row_h
             m.setParam(name, value)
         vtype = np.where(np.asarray(integrality) > 0, GRB.BINARY if np.all(lb[integrality > 0] >= 0) and np.all(ub[integrality > 0] <= 1)
                          else GRB.INTEGER, GRB.CONTINUOUS)
-        xv = m.addMVar(c.size, lb=lb, ub=np.where(np.isfinite(ub), ub, GRB.INFINITY), vtype=vtype, obj=c)
+        inf = GRB.INFINITY
+        xv = m.addMVar(c.size, lb=np.clip(lb, -inf, inf), ub=np.clip(ub, -inf, inf), vtype=vtype, obj=c)
         A = sp.csr_matrix(A)
         eq = np.isfinite(row_lo) & (row_lo == row_hi)
         ge = np.isfinite(row_lo) & ~eq
