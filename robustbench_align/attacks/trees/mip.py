@@ -1,17 +1,19 @@
 """Mixed-integer solver backends of the exact tree attacks: HiGHS (through scipy, always there) and Gurobi (optional).
 
 One call solves min c.x subject to row_lo <= A x <= row_hi, lb <= x <= ub, the columns marked in
-`integrality` integer, within a node budget (the work budget of the attack; GUROBI_NODE_FACTOR times as many Gurobi
-nodes) and a wall-clock safety net. Both backends run single-threaded with a fixed seed, so a solve is deterministic for a given
-solver and version; both report their dual bound, which the attacks turn into certified lower
-bounds with the same 1e-9 allowance for the solver's tolerances.
+`integrality` integer, within a node budget (the work budget of the attack; GUROBI_NODE_FACTOR
+times as many Gurobi nodes) and a wall-clock safety net. Both backends run single-threaded with a
+fixed seed, so a solve is deterministic for a given solver and version; both report their dual
+bound, which the attacks turn into certified lower bounds with the same 1e-9 allowance for the
+solver's tolerances.
 
 `solver="auto"` takes Gurobi when `gurobipy` imports and its licence accepts the program (the
 licence that comes with the pip wheel is limited to 2,000 variables and 2,000 constraints), and
 HiGHS otherwise, program by program; the environment variable RBA_MILP_SOLVER ("highs", "gurobi"
-or "auto") overrides what "auto" means, for instance to reproduce a machine without Gurobi. Gurobi is an optional dependency (`pip install gurobipy`,
-licence terms are Gurobi's); it is several times faster on the forest programs, whose time is the
-solver's own branch-and-bound (see benchmarks/results/forest_milp.md).
+or "auto") overrides what "auto" means, for instance to reproduce a machine without Gurobi.
+Gurobi is an optional dependency (`pip install gurobipy`; the licence terms are Gurobi's). It is
+several times faster on the forest programs, whose time is the solver's own branch-and-bound
+(see benchmarks/results/forest_milp.md).
 """
 from __future__ import annotations
 
@@ -28,10 +30,10 @@ from scipy.optimize import Bounds, LinearConstraint, milp
 from ...errors import AttackError
 
 SOLVERS = ("auto", "highs", "gurobi")
-# Gurobi's branch-and-bound nodes per node of the attacks' budget: its nodes are much cheaper than
-# HiGHS' (fewer cuts, no strong branching at every node) and it uses more of them on the same
-# program; on the benchmark forests every program HiGHS proves within 100 nodes Gurobi proves within
-# 6x as many (measured 1-6x, benchmarks/results/forest_milp.md), so the budget is 10x in its nodes
+# Gurobi's branch-and-bound nodes per node of the attacks' budget. Its nodes are much cheaper than
+# HiGHS' (no cuts, no strong branching at every node), and it uses more of them on the same program:
+# with cuts on it needed 1-6x HiGHS' node count on the benchmark forests. With 10x, and cuts off, it
+# certified every point HiGHS certifies within its 100 nodes, and more (benchmarks/results/forest_milp.md).
 GUROBI_NODE_FACTOR = 10
 _SIZE_LIMIT_ERRNO = 10010  # GurobiError: "Model too large for size-limited license"
 
