@@ -162,14 +162,8 @@ class Grid:
                 per.setdefault(int(f), []).append(t.threshold[internal & (t.feature == f)])
         return cls({f: np.concatenate(v) for f, v in per.items()}, strict, dtype)
 
-    def pred_index(self, f: int, thr: np.floating[Any]) -> int:
-        """The global number of the predicate "x_f goes left of thr"."""
-        i = self._index[f]
-        r = int(np.searchsorted(self.thr[i], self.dtype(thr)))
-        return int(self.offset[i]) + r
-
     def pred_indices(self, features: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
-        """`pred_index` of many (feature, threshold) pairs at once (one searchsorted per feature)."""
+        """The global numbers of the predicates "x_f goes left of thr", per (feature, threshold) pair (one searchsorted per feature)."""
         features = np.asarray(features, dtype=np.int64)
         th = np.asarray(thresholds).astype(self.dtype)
         out = np.empty(features.size, dtype=np.int64)
