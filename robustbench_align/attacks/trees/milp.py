@@ -560,7 +560,8 @@ class KantchelianMILP(MinimalAttack):
     cheapest single threshold crossing. `mip_rel_gap` is the solver's relative gap.
 
     `solver`: "auto" (Gurobi when gurobipy is installed and licensed for the program, else HiGHS;
-    program by program), "highs" or "gurobi" (see `mip`). flags["milp_gurobi_solves"] and
+    program by program), "highs", or "gurobi" (refused when Gurobi cannot run; a program its licence
+    refuses still goes to HiGHS; see `mip`). flags["milp_gurobi_solves"] and
     flags["milp_highs_solves"] count the solves each answered.
     """
 
